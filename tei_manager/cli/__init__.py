@@ -1,0 +1,1 @@
+"""The `tei-manager` command line: one thin module per command (or command group)."""

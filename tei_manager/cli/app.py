@@ -1,0 +1,67 @@
+"""Assembles the `tei-manager` Typer app from one module per command.
+
+Each command module exposes `register(app)`; commands call services
+(planner, orchestrator, gateway, TUI) and only format their results.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from tei_manager import __version__
+from tei_manager.cli import apply_cmds, plan_cmds, serve_cmd, tui_cmd
+from tei_manager.cli.output import report_error
+from tei_manager.errors import TeiManagerError
+
+app = typer.Typer(
+    name="tei-manager",
+    help="Plan, run and route TEI embedding and rerank models for several tenants.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tei-manager {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """tei-manager."""
+
+
+for module in (plan_cmds, apply_cmds, serve_cmd, tui_cmd):
+    module.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: user errors print without a traceback and set the exit code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except TeiManagerError as exc:
+        report_error(exc)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("Aborted.", err=True)
+        return 1
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""What the planner produces: a backend-neutral description of every instance.
+
+A Plan says *what* runs (image, runtime arguments, environment, resources, ports,
+probes); backends (Docker, local processes, later Kubernetes/Compose exporters)
+decide *how*.  Nothing here is Docker-shaped.  Pure core.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tei_manager.core.models import Runtime, Task
+
+# Inside a container every runtime listens on this port (seed 004 maps host ports onto 8080).
+CONTAINER_PORT = 8080
+# Where a model given by `path` is mounted read-only inside a container.
+CONTAINER_MODEL_DIR = "/models"
+# Where the shared Hugging Face cache is mounted inside a container (TEI images use /data).
+CONTAINER_HF_CACHE = "/data"
+HEALTH_PATH = "/health"
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class VramEstimate(Frozen):
+    """The planner's VRAM model for one instance (see docs/vram-model.md)."""
+
+    weights_mib: int
+    activations_mib: int
+    context_mib: int
+    total_mib: int
+    dtype: str
+    max_batch_tokens: int
+
+
+class ModelSource(Frozen):
+    """Where the runtime loads the model from."""
+
+    hub_id: str
+    revision: str | None = None
+    local_path: str | None = Field(None, description="Absolute host directory, when the profile gives `path`.")
+    mount_name: str | None = Field(None, description="Directory name under /models inside a container.")
+
+    def model_ref(self, *, in_container: bool) -> str:
+        """The `--model-id` value: a local directory when there is one, else the hub id."""
+        if self.local_path is None:
+            return self.hub_id
+        if in_container:
+            return f"{CONTAINER_MODEL_DIR}/{self.mount_name}"
+        return self.local_path
+
+
+class InstancePlan(Frozen):
+    """One process or container serving one model for one tenant."""
+
+    name: str = Field(description="Unique in the profile: `<deployment>` or `<deployment>-<replica>`.")
+    profile: str
+    deployment: str
+    replica: int = 0
+    tenant: str
+    shared: bool = False
+    model_key: str
+    model: ModelSource
+    served_model_name: str
+    task: Task
+    runtime: Runtime
+    runtime_reason: str = Field("", description="Why this runtime was chosen (shown by `plan`).")
+    image: str = Field(description="TEI image for the GPU architecture, or the fallback worker image.")
+    gpu: int | None = Field(None, description="GPU index; None means CPU.")
+    bind: str
+    host_port: int
+    args: tuple[str, ...] = Field(
+        description="Runtime flags after --model-id/--port/--hostname (the same for TEI and the fallback worker)."
+    )
+    env: dict[str, str] = Field(default_factory=dict)
+    memory_bytes: int | None = None
+    memory_swap_bytes: int | None = None
+    cpus: float | None = None
+    shm_bytes: int | None = None
+    hf_cache: str = Field(description="Docker volume name or absolute host path.")
+    vram: VramEstimate | None = None
+    health_path: str = HEALTH_PATH
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.gpu is None else f"gpu:{self.gpu}"
+
+    def command(self, *, in_container: bool) -> list[str]:
+        """The full runtime argument list.
+
+        In a container the runtime listens on 0.0.0.0:CONTAINER_PORT and the engine publishes it on
+        `bind:host_port`; as a local process it listens on `bind:host_port` itself.
+        """
+        host, port = ("0.0.0.0", CONTAINER_PORT) if in_container else (self.bind, self.host_port)
+        return [
+            "--model-id", self.model.model_ref(in_container=in_container),
+            "--port", str(port),
+            "--hostname", host,
+            *self.args,
+        ]
+
+    @property
+    def spec_hash(self) -> str:
+        """Changes whenever anything that would require a new container changes."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class GpuBudget(Frozen):
+    """How a GPU's memory is shared out by the plan."""
+
+    index: int
+    name: str
+    total_mib: int
+    headroom_mib: int
+    in_use_mib: int = Field(0, description="Used by processes the plan does not own (live host only).")
+    budget_mib: int = Field(description="total - headroom - in_use: what instances may use.")
+    planned_mib: int
+    instances: tuple[str, ...] = ()
+
+    @property
+    def free_after_plan_mib(self) -> int:
+        return self.budget_mib - self.planned_mib
+
+
+class Plan(Frozen):
+    """Everything `apply` needs, and everything `plan` prints."""
+
+    profile: str
+    source: str | None = Field(None, description="Path of the profile file.")
+    instances: tuple[InstancePlan, ...]
+    gpus: tuple[GpuBudget, ...] = ()
+    warnings: tuple[str, ...] = ()
+    host: Literal["live", "described"] = Field(
+        "live", description="`described` when planned for another host (--gpus)."
+    )
+
+    def instance(self, name: str) -> InstancePlan:
+        for inst in self.instances:
+            if inst.name == name:
+                return inst
+        raise KeyError(name)
