@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import sys
 
+import click
 import typer
 
 from tei_manager import __version__
 from tei_manager.cli import apply_cmds, plan_cmds, serve_cmd, tui_cmd
 from tei_manager.cli.output import report_error
 from tei_manager.errors import TeiManagerError
+
+try:  # typer >= 0.16 vendors its own click; usage errors come from whichever one parsed the line
+    from typer._click.exceptions import ClickException as _VendoredClickException
+
+    _CLICK_ERRORS: tuple[type[Exception], ...] = (click.exceptions.ClickException, _VendoredClickException)
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _CLICK_ERRORS = (click.exceptions.ClickException,)
 
 app = typer.Typer(
     name="tei-manager",
@@ -53,13 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         typer.echo("Aborted.", err=True)
         return 1
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+    except _CLICK_ERRORS as exc:  # usage errors carry their own exit code and message
+        exc.show()
+        return exc.exit_code
     return 0
 
 

@@ -1,7 +1,36 @@
-"""Placeholder: replaced by the module that implements these commands."""
+"""`tei-manager tui`: the dashboard.  Textual is an optional extra, imported only here."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
+from tei_manager.errors import TeiManagerError
+
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command("tui")(tui)
+
+
+def tui(
+    profiles_dir: Path = typer.Option(Path("profiles"), "--profiles-dir", help="Where the profiles to apply live."),
+    backend: str = typer.Option("auto", "--backend", help="auto, docker or process (as for apply/status)."),
+    gateway_url: str = typer.Option(
+        "http://127.0.0.1:8080", "--gateway-url", help="The running gateway, for per-tenant traffic."
+    ),
+) -> None:
+    """Live dashboard: GPUs, instances and tenants; apply profiles, restart and stop instances."""
+    if backend not in ("auto", "docker", "process"):
+        raise typer.BadParameter(f"{backend!r}: use auto, docker or process", param_hint="--backend")
+    try:
+        from tei_manager.tui.app import TeiManagerApp
+    except ImportError as exc:
+        if exc.name is None or not exc.name.startswith("textual"):
+            raise
+        raise TeiManagerError("the dashboard needs textual, which is not installed",
+                              fix="install the package's tui extra, or textual itself: pip install textual") from None
+    from tei_manager.tui.services import TuiServices
+
+    services = TuiServices(profiles_dir=profiles_dir, backend=backend, gateway_url=gateway_url)  # type: ignore[arg-type]
+    TeiManagerApp(services).run()

@@ -7,6 +7,7 @@ from a string to plan for another host.  Pure core: no I/O here.
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,6 +55,9 @@ class HostFacts(Frozen):
     nvml_error: str | None = Field(None, description="Why no GPU could be listed (None when NVML answered).")
     cpu_count: int | None = None
     memory_bytes: int | None = None
+    origin: Literal["live", "described"] = Field(
+        "live", description="`described` when the facts were given (--gpus) rather than probed."
+    )
 
     def gpu(self, index: int) -> GpuFact | None:
         return next((g for g in self.gpus if g.index == index), None)

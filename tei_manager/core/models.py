@@ -9,6 +9,7 @@ This module is part of the pure core: it imports pydantic and the standard libra
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Annotated, Literal, Union
 
@@ -17,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -102,10 +104,10 @@ class Quota(Strict):
 class Tenant(Strict):
     """A team that calls the models through the gateway."""
 
-    description: str = ""
+    description: str = Field("", description="Free text, shown by the TUI.")
     api_keys: list[SecretRef] = Field(default_factory=list, description="References to this tenant's keys.")
     priority: Priority = Field("normal", description="QoS class when an upstream is saturated.")
-    quota: Quota = Field(default_factory=Quota)
+    quota: Quota = Field(default_factory=Quota, description="Rate and concurrency limits at the gateway.")
 
 
 class ModelSpec(Strict):
@@ -121,8 +123,8 @@ class ModelSpec(Strict):
     )
     # Overrides for models the catalog does not know; the planner needs them for the VRAM model.
     params_millions: float | None = Field(None, gt=0, description="Parameter count in millions.")
-    hidden_size: int | None = Field(None, gt=0)
-    num_layers: int | None = Field(None, gt=0)
+    hidden_size: int | None = Field(None, gt=0, description="Width of the hidden states (config.json hidden_size).")
+    num_layers: int | None = Field(None, gt=0, description="Transformer layers (config.json num_hidden_layers).")
     max_input_length: int | None = Field(None, gt=0, description="Longest input in tokens.")
 
 
@@ -141,7 +143,7 @@ class Tuning(Strict):
     )
     dtype: Dtype | None = Field(None, description="Override the runtime's default precision.")
     pooling: Pooling | None = Field(None, description="Override the model's pooling config.")
-    tokenization_workers: int | None = Field(None, ge=1)
+    tokenization_workers: int | None = Field(None, ge=1, description="Tokenizer threads; default CPU cores - 1.")
     extra_args: list[str] = Field(default_factory=list, description="Passed verbatim after the generated flags.")
 
     @field_validator("max_batch_tokens")
@@ -170,7 +172,7 @@ class Limits(Strict):
 class GpuPlacement(Strict):
     """Pin to one GPU (`gpu: 0`) or spread replicas over several (`gpu: [0, 1]`)."""
 
-    gpu: int | list[int]
+    gpu: int | list[int] = Field(description="A GPU index, or a list of them to spread replicas over.")
 
     @field_validator("gpu")
     @classmethod
@@ -201,15 +203,15 @@ class Deployment(Strict):
     model: str = Field(description="A key of `models`.")
     shared: bool = Field(False, description="Reachable through the gateway by every tenant, not only the owner.")
     placement: Placement = Field("shared", description="cpu, shared, {gpu: 0} or {gpu: [0, 1]}.")
-    replicas: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1, description="Instances of this deployment; the gateway balances over them.")
     runtime: RuntimeChoice = Field("auto", description="tei, fallback, or auto (tei where it can run).")
     rerank_mode: Literal["cross-encoder", "bi-encoder"] | None = Field(
         None, description="bi-encoder serves /rerank from an embedding model (fallback runtime only)."
     )
     port: int | Literal["auto"] = Field("auto", description="Host port of the first replica; the next ones follow.")
     bind: str | None = Field(None, description="Host address to publish on; default the profile's `bind`.")
-    tuning: Tuning = Field(default_factory=Tuning)
-    limits: Limits = Field(default_factory=Limits)
+    tuning: Tuning = Field(default_factory=Tuning, description="Batching and admission flags of the runtime.")
+    limits: Limits = Field(default_factory=Limits, description="Host memory and CPU limits of each instance.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the runtime.")
 
     @field_validator("name")
@@ -234,7 +236,7 @@ class Deployment(Strict):
 class TeiImage(Strict):
     """Which TEI image family and version to run; the planner adds the per-architecture prefix."""
 
-    repository: str = Field(DEFAULT_TEI_IMAGE_REPO)
+    repository: str = Field(DEFAULT_TEI_IMAGE_REPO, description="Image repository (a mirror of TEI's, for example).")
     version: str = Field(DEFAULT_TEI_VERSION, description="Pinned tag version, e.g. 1.9 (never `latest`).")
 
     @field_validator("version")
@@ -248,27 +250,27 @@ class TeiImage(Strict):
 class GatewaySettings(Strict):
     """Where `tei-manager serve` listens."""
 
-    bind: str = DEFAULT_BIND
-    port: int = Field(8080, ge=1, le=65535)
-    upstream_timeout_s: float = Field(60.0, gt=0)
+    bind: str = Field(DEFAULT_BIND, description="Address the gateway listens on.")
+    port: int = Field(8080, ge=1, le=65535, description="Port the gateway listens on; no instance may use it.")
+    upstream_timeout_s: float = Field(60.0, gt=0, description="Longest wait for an instance's answer.")
 
 
 class Profile(Strict):
     """A whole deployment: models, tenants and who runs what where."""
 
     name: str = Field(description="Profile name; labels every container it creates.")
-    description: str = ""
+    description: str = Field("", description="Free text, shown by `plan` and the TUI.")
     bind: str = Field(DEFAULT_BIND, description="Default host address instances publish on.")
-    tei_image: TeiImage = Field(default_factory=TeiImage)
+    tei_image: TeiImage = Field(default_factory=TeiImage, description="TEI image repository and pinned version.")
     fallback_image: str = Field(DEFAULT_FALLBACK_IMAGE, description="Image of the fallback worker.")
     hf_cache: str = Field(
         DEFAULT_HF_CACHE, description="Docker volume name or absolute host path shared by all instances."
     )
     gpu_headroom_mib: int = Field(1024, ge=0, description="VRAM kept free on every GPU.")
-    models: dict[str, ModelSpec]
-    tenants: dict[str, Tenant] = Field(default_factory=dict)
-    deployments: list[Deployment]
-    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    models: dict[str, ModelSpec] = Field(description="Models by key; deployments refer to the keys.")
+    tenants: dict[str, Tenant] = Field(default_factory=dict, description="Teams by name, with keys, priority, quota.")
+    deployments: list[Deployment] = Field(description="Who runs which model where.")
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="Where `tei-manager serve` listens.")
 
     @field_validator("name")
     @classmethod
@@ -278,16 +280,87 @@ class Profile(Strict):
         return value
 
     @model_validator(mode="after")
-    def _references(self) -> "Profile":
-        errors: list[str] = []
-        for i, dep in enumerate(self.deployments):
-            if dep.model not in self.models:
-                errors.append(f"deployments[{i}].model: unknown model {dep.model!r}; known: {sorted(self.models)}")
-            if self.tenants and dep.tenant not in self.tenants:
-                errors.append(f"deployments[{i}].tenant: unknown tenant {dep.tenant!r}; known: {sorted(self.tenants)}")
-        names = [d.instance_prefix for d in self.deployments]
-        for dup in sorted({n for n in names if names.count(n) > 1}):
-            errors.append(f"deployments: two deployments are named {dup!r}; give one a `name`")
-        if errors:
-            raise ValueError("; ".join(errors))
+    def _references(self, info: ValidationInfo) -> "Profile":
+        # The file loader (tei_manager.profiles) runs the same checks itself to attach line numbers,
+        # and passes context={"skip_references": True}; profiles built in code are checked here.
+        if info.context and info.context.get("skip_references"):
+            return self
+        problems = reference_problems(self)
+        if problems:
+            raise ValueError("; ".join(f"{_dotted(loc)}: {msg}" for loc, msg, _ in problems))
         return self
+
+
+Loc = tuple[Union[str, int], ...]
+
+
+def _dotted(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _suggest(word: str, choices: object) -> str | None:
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)  # type: ignore[union-attr]
+    return f"did you mean `{close[0]}`?" if close else None
+
+
+def reference_problems(profile: Profile) -> list[tuple[Loc, str, str | None]]:
+    """Cross-references a single field cannot check: `(location, message, hint)` per problem.
+
+    Unknown model or tenant, two deployments with one instance name, explicit host ports that
+    overlap (a deployment with port p and n replicas takes p..p+n-1) or hit the gateway's port,
+    and `rerank_mode` that does not suit the model's task.
+    """
+    problems: list[tuple[Loc, str, str | None]] = []
+    for i, dep in enumerate(profile.deployments):
+        if dep.model not in profile.models:
+            problems.append(((("deployments", i, "model")), f"unknown model {dep.model!r}; the profile defines "
+                             f"{', '.join(sorted(profile.models)) or 'no models'}", _suggest(dep.model, profile.models)))
+        if profile.tenants and dep.tenant not in profile.tenants:
+            problems.append((("deployments", i, "tenant"), f"unknown tenant {dep.tenant!r}; the profile defines "
+                             f"{', '.join(sorted(profile.tenants))}", _suggest(dep.tenant, profile.tenants)))
+        spec = profile.models.get(dep.model)
+        if spec is not None and dep.rerank_mode == "bi-encoder" and spec.task != "embed":
+            problems.append((("deployments", i, "rerank_mode"),
+                             f"bi-encoder reranking needs an embedding model; {dep.model!r} is a {spec.task} model",
+                             "remove rerank_mode: a rerank model scores pairs itself"))
+        if spec is not None and dep.rerank_mode == "cross-encoder" and spec.task != "rerank":
+            problems.append((("deployments", i, "rerank_mode"),
+                             f"{dep.model!r} is an embedding model and cannot score (query, text) pairs",
+                             "use rerank_mode: bi-encoder (fallback runtime) or a rerank model"))
+        if dep.rerank_mode == "bi-encoder" and dep.runtime == "tei":
+            problems.append((("deployments", i, "runtime"), "TEI has no bi-encoder rerank mode",
+                             "use runtime: fallback (or auto)"))
+    seen: dict[str, int] = {}
+    for i, dep in enumerate(profile.deployments):
+        name = dep.instance_prefix
+        if name in seen:
+            problems.append((("deployments", i, "name"),
+                             f"deployments[{seen[name]}] and deployments[{i}] are both named {name!r}",
+                             "give one of them a distinct `name`"))
+        else:
+            seen[name] = i
+    taken: dict[int, int] = {}
+    for i, dep in enumerate(profile.deployments):
+        if not isinstance(dep.port, int):
+            continue
+        for port in range(dep.port, dep.port + dep.replicas):
+            if port == profile.gateway.port:
+                problems.append((("deployments", i, "port"),
+                                 f"port {port} of {dep.instance_prefix!r} is the gateway's port",
+                                 "pick another port, `port: auto`, or move gateway.port"))
+            elif port in taken:
+                other = profile.deployments[taken[port]]
+                problems.append((("deployments", i, "port"),
+                                 f"port {port} is taken by both {other.instance_prefix!r} (deployments[{taken[port]}]) "
+                                 f"and {dep.instance_prefix!r} (deployments[{i}])"
+                                 + (f"; {dep.replicas} replicas use {dep.port}-{dep.port + dep.replicas - 1}"
+                                    if dep.replicas > 1 else "")
+                                 + (f"; {other.replicas} replicas use {other.port}-"
+                                    f"{int(other.port) + other.replicas - 1}" if other.replicas > 1 else ""),
+                                 "give one of them another port or `port: auto`"))
+            else:
+                taken[port] = i
+    return problems

@@ -1,0 +1,166 @@
+"""fallback_worker vs Infinity on the same CPU, model and load generator, in one run.
+
+    python3 -m venv /tmp/infvenv
+    /tmp/infvenv/bin/pip install torch==2.13.0 'infinity-emb[server]' 'transformers<5'
+    python3 benchmarks/worker_vs_infinity.py --infinity-bin /tmp/infvenv/bin/infinity_emb
+
+Infinity needs transformers<5, hence its own venv; pass its binary with --infinity-bin or
+INFINITY_BIN. Both servers run one after the other (never together) with the packaged
+all-MiniLM-L6-v2 in bfloat16, behind the OpenAI embeddings route that both implement, driven by
+the same closed-loop generator (benchmarks/worker_loadgen.py). Rerank is not compared: Infinity
+reranks with a cross-encoder and there is no comparable real one offline; see worker_ceiling.py for
+our own rerank numbers.
+
+Prints, per scenario (concurrency x inputs per request): throughput (inputs/s), p50 and p99
+request latency for both, and the throughput ratio. Writes the same as JSON with --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from worker_loadgen import Result, openai_body, run_load  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def corpus(n: int = 512) -> list[str]:
+    """Deterministic sentences of 4 to ~120 words (a realistic spread of lengths)."""
+    words = (
+        "the of and to in is was for on that with as by at from his her an were are which this be or has had "
+        "not but what all when there can more if no out so said up its about into than them only other new "
+        "some could time these two may then do first any my now such like our over man me even most made "
+        "after also did many before must through back years where much your way well down should because "
+        "each just those people how too little state good very make world still own see men work long get "
+        "here between both life being under never day same another know while last might us great old year"
+    ).split()
+    out, seed = [], 12345
+    for i in range(n):
+        seed = (seed * 1103515245 + 12345) % 2**31
+        length = 4 + (seed % 24 if i % 4 else seed % 120)
+        sent = []
+        for _ in range(length):
+            seed = (seed * 1103515245 + 12345) % 2**31
+            sent.append(words[seed % len(words)])
+        out.append(" ".join(sent).capitalize() + ".")
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(proc: subprocess.Popen, port: int, path: str, limit: float = 600) -> float:
+    import httpx
+
+    began = time.monotonic()
+    while time.monotonic() - began < limit:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200:
+                return time.monotonic() - began
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("server did not become ready")
+
+
+def start_worker(model: str, port: int, extra: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "fallback_worker", "--model-id", model, "--hostname", "127.0.0.1", "--port", str(port),
+           "--dtype", "bfloat16", "--max-client-batch-size", "64", "--max-concurrent-requests", "2048", *extra]
+    print("$", " ".join(cmd), flush=True)
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def start_infinity(binary: str, model: str, port: int, extra: list[str]) -> subprocess.Popen:
+    cmd = [binary, "v2", "--model-id", model, "--port", str(port), "--host", "127.0.0.1", "--engine", "torch",
+           "--device", "cpu", "--dtype", "bfloat16", "--served-model-name", "minilm", "--no-model-warmup", *extra]
+    print("$", " ".join(cmd), flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+def measure(port: int, path: str, texts: list[str], scenarios: list[tuple[int, int]], seconds: float) -> dict[str, Result]:
+    out = {}
+    for conc, batch in scenarios:
+        res = asyncio.run(run_load("127.0.0.1", port, path, openai_body(texts, "minilm", batch), concurrency=conc, seconds=seconds))
+        out[f"c{conc}_b{batch}"] = res
+        print(f"  c={conc:<3} b={batch:<3} {res.throughput:8.1f} inputs/s  p50 {res.percentile(50)*1000:7.1f} ms  "
+              f"p99 {res.percentile(99)*1000:7.1f} ms  errors {res.errors}", flush=True)
+    return out
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def main() -> int:
+    from fixtures.tiny_models import minilm_path
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--infinity-bin", default=os.environ.get("INFINITY_BIN", "/tmp/infvenv/bin/infinity_emb"))
+    ap.add_argument("--model", default=str(minilm_path()))
+    ap.add_argument("--seconds", type=float, default=15.0, help="measured seconds per scenario (after 2 s warm-up)")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--worker-args", default="", help="extra flags for the worker, one string")
+    ap.add_argument("--infinity-args", default="", help="extra flags for Infinity, one string")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    if not Path(args.infinity_bin).exists():
+        print(f"no Infinity at {args.infinity_bin}; create it with:\n  python3 -m venv /tmp/infvenv && "
+              "/tmp/infvenv/bin/pip install torch==2.13.0 'infinity-emb[server]' 'transformers<5'", file=sys.stderr)
+        return 2
+    texts = corpus()
+    scenarios = [(c, b) for c in args.concurrency for b in args.batch]
+    report: dict[str, dict[str, dict[str, float]]] = {}
+
+    for name in ("fallback_worker", "infinity"):
+        port = free_port()
+        if name == "fallback_worker":
+            proc, path, ready = start_worker(args.model, port, args.worker_args.split()), "/v1/embeddings", "/health"
+        else:
+            proc, path, ready = start_infinity(args.infinity_bin, args.model, port, args.infinity_args.split()), "/embeddings", "/health"
+        try:
+            print(f"{name}: ready after {wait_ready(proc, port, ready):.1f}s", flush=True)
+            results = measure(port, path, texts, scenarios, args.seconds)
+        finally:
+            stop(proc)
+        report[name] = {
+            k: {"throughput": r.throughput, "p50_ms": r.percentile(50) * 1000, "p99_ms": r.percentile(99) * 1000,
+                "requests": len(r.latencies), "errors": r.errors}
+            for k, r in results.items()
+        }
+
+    print("\nscenario      worker in/s  infinity in/s  ratio   worker p50/p99 ms   infinity p50/p99 ms")
+    for key in report["fallback_worker"]:
+        w, i = report["fallback_worker"][key], report["infinity"][key]
+        ratio = w["throughput"] / i["throughput"] if i["throughput"] else float("inf")
+        print(f"{key:<12} {w['throughput']:11.1f} {i['throughput']:14.1f} {ratio:6.2f}x  "
+              f"{w['p50_ms']:8.1f}/{w['p99_ms']:<8.1f}  {i['p50_ms']:8.1f}/{i['p99_ms']:<8.1f}")
+        report.setdefault("ratio", {})[key] = {"throughput": ratio}
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

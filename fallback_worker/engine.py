@@ -1,0 +1,357 @@
+"""The model: load it like TEI does (pooling, max input length, dtype) and run padded batches.
+
+Everything here runs on the batcher's forward thread or at startup; nothing touches the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from . import hardware
+from .errors import StartupError
+from .tokenization import Encoded, TextTokenizer
+
+log = logging.getLogger("fallback_worker.engine")
+
+DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
+POOLINGS = ("cls", "mean", "last-token", "splade")
+# Models whose position ids start after the padding index (TEI's "position offset").
+OFFSET_MODEL_TYPES = ("xlm-roberta", "camembert", "roberta")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What /info reports about the model, plus what the server needs to route requests."""
+
+    kind: str  # "embedding" | "reranker" | "classifier"
+    pooling: str | None
+    id2label: dict[str, str]
+    max_input_length: int
+    hidden_size: int
+    dtype: str
+    device: str
+    sparse: bool
+    prompts: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_model_dir(model_id: str, revision: str | None, cache_dir: str | None, token: str | None) -> Path:
+    """A local directory is used as is; anything else is a hub id fetched into the cache (TEI's rule)."""
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(
+                model_id,
+                revision=revision,
+                cache_dir=cache_dir,
+                token=token,
+                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "sparse_linear.pt", "1_Pooling/*"],
+            )
+        )
+    except Exception as exc:
+        raise StartupError(
+            f"could not get model {model_id!r} (revision {revision or 'main'}): {exc}. "
+            "Pass a local directory with --model-id, or make the hub reachable."
+        ) from None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def pooling_from_dir(model_dir: Path, model_type: str) -> str:
+    """1_Pooling/config.json like TEI; without it, BERT-family models fall back to CLS."""
+    cfg = _read_json(model_dir / "1_Pooling" / "config.json")
+    if cfg is not None:
+        if cfg.get("pooling_mode_cls_token"):
+            return "cls"
+        if cfg.get("pooling_mode_mean_tokens"):
+            return "mean"
+        if cfg.get("pooling_mode_lasttoken"):
+            return "last-token"
+        raise StartupError(f"{model_dir}/1_Pooling/config.json selects a pooling TEI does not support; pass --pooling")
+    if "bert" in model_type:
+        log.warning("no 1_Pooling/config.json; using CLS pooling like TEI does for BERT-family models")
+        return "cls"
+    raise StartupError(f"{model_dir} has no 1_Pooling/config.json; pass --pooling cls|mean|last-token")
+
+
+def max_input_length_from_dir(model_dir: Path, config: Any) -> int:
+    """sentence_bert_config max_seq_length, else max_position_embeddings minus the position offset."""
+    positions = int(getattr(config, "max_position_embeddings", 512))
+    if config.model_type in OFFSET_MODEL_TYPES:
+        positions -= int(getattr(config, "pad_token_id", 1) or 0) + 1
+    st = _read_json(model_dir / "sentence_bert_config.json")
+    if st and st.get("max_seq_length"):
+        return min(int(st["max_seq_length"]), positions)
+    log.warning("Could not find a Sentence Transformers config")
+    return positions
+
+
+class Engine:
+    """One loaded model; ``forward_*`` take encoded inputs and return float32 numpy results."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: TextTokenizer,
+        spec: ModelSpec,
+        *,
+        pad_id: int,
+        sparse_linear: torch.nn.Linear | None = None,
+        unused_sparse_ids: frozenset[int] = frozenset(),
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.pad_id = pad_id
+        self.device = torch.device(spec.device)
+        self.sparse_linear = sparse_linear
+        self.unused_sparse_ids = unused_sparse_ids
+        import inspect
+
+        self._wants_type_ids = "token_type_ids" in inspect.signature(model.forward).parameters
+
+    # ---- loading -------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        model_id: str,
+        *,
+        revision: str | None = None,
+        dtype: str | None = None,
+        pooling: str | None = None,
+        cache_dir: str | None = None,
+        token: str | None = None,
+        max_batch_tokens: int = 16384,
+        auto_truncate: bool = True,
+        device: str | None = None,
+    ) -> "Engine":
+        from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+        model_dir = resolve_model_dir(model_id, revision, cache_dir, token)
+        try:
+            config = AutoConfig.from_pretrained(model_dir)
+        except Exception as exc:
+            raise StartupError(f"{model_dir}: cannot read config.json: {exc}") from None
+        if not (model_dir / "tokenizer.json").is_file():
+            raise StartupError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required, as in TEI)")
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = dtype or hardware.default_dtype(device)
+        if dtype not in DTYPES:
+            raise StartupError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        if dtype == "float16" and device == "cpu":
+            log.warning("float16 on CPU is slow and inexact; bfloat16 or float32 is better")
+
+        archs = list(getattr(config, "architectures", None) or [])
+        is_classifier = any(a.endswith("ForSequenceClassification") for a in archs)
+        if is_classifier:
+            if pooling:
+                log.warning("--pooling is ignored for classifier and re-ranker models (as in TEI)")
+            pooling = None
+            id2label = {str(k): str(v) for k, v in (config.id2label or {0: "LABEL_0"}).items()}
+            kind = "reranker" if len(id2label) == 1 else "classifier"
+            auto_cls: Any = AutoModelForSequenceClassification
+        else:
+            if pooling is None:
+                pooling = pooling_from_dir(model_dir, config.model_type)
+            if pooling == "splade":
+                raise StartupError("--pooling splade needs a *ForMaskedLM model, which fallback_worker does not serve")
+            if pooling not in POOLINGS:
+                raise StartupError(f"--pooling {pooling!r} is not one of cls, mean, last-token")
+            id2label = {}
+            kind = "embedding"
+            auto_cls = AutoModel
+
+        max_input_length = max_input_length_from_dir(model_dir, config)
+        if max_input_length > max_batch_tokens:
+            if not auto_truncate:
+                raise StartupError(
+                    f"`--max-batch-tokens` ({max_batch_tokens}) cannot be lower than the model's max input length "
+                    f"({max_input_length}) without --auto-truncate"
+                )
+            log.warning("max_input_length %d > max_batch_tokens; clamping to %d", max_input_length, max_batch_tokens)
+            max_input_length = max_batch_tokens
+
+        if device == "cpu":
+            torch.set_num_threads(hardware.usable_cpus())
+        try:
+            model = auto_cls.from_pretrained(model_dir, dtype=DTYPES[dtype])
+        except Exception as exc:
+            raise StartupError(f"{model_dir}: cannot load the weights: {exc}") from None
+        model = model.to(device).eval()
+
+        raw_tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        tokenizer = TextTokenizer(raw_tokenizer, max_input_length)
+        pad_id = getattr(config, "pad_token_id", None)
+        if pad_id is None:
+            pad_id = 0
+
+        sparse_linear, unused = None, frozenset[int]()
+        sparse_file = model_dir / "sparse_linear.pt"
+        if kind == "embedding" and sparse_file.is_file():
+            state = torch.load(sparse_file, map_location="cpu", weights_only=True)
+            sparse_linear = torch.nn.Linear(config.hidden_size, 1)
+            sparse_linear.load_state_dict(state)
+            sparse_linear = sparse_linear.to(device=device, dtype=DTYPES[dtype]).eval()
+            # bge-m3 drops these from its lexical weights: they carry no term.
+            unused = frozenset(
+                i for i in (config.bos_token_id, config.eos_token_id, pad_id, raw_tokenizer.token_to_id("<unk>"),
+                            raw_tokenizer.token_to_id("[CLS]"), raw_tokenizer.token_to_id("[SEP]"),
+                            raw_tokenizer.token_to_id("[UNK]"))
+                if i is not None
+            )
+
+        st_config = _read_json(model_dir / "config_sentence_transformers.json") or {}
+        spec = ModelSpec(
+            kind=kind,
+            pooling=pooling,
+            id2label=id2label,
+            max_input_length=max_input_length,
+            hidden_size=int(config.hidden_size),
+            dtype=dtype,
+            device=device,
+            sparse=sparse_linear is not None,
+            prompts={str(k): str(v) for k, v in (st_config.get("prompts") or {}).items()},
+        )
+        return cls(model, tokenizer, spec, pad_id=int(pad_id), sparse_linear=sparse_linear, unused_sparse_ids=unused)
+
+    # ---- forward passes ------------------------------------------------------------------
+    def _pad(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+        longest = max(len(e.ids) for e in batch)
+        ids = np.full((len(batch), longest), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), longest), dtype=np.int64)
+        types = np.zeros((len(batch), longest), dtype=np.int64)
+        for row, enc in enumerate(batch):
+            n = len(enc.ids)
+            ids[row, :n] = enc.ids
+            mask[row, :n] = 1
+            types[row, :n] = enc.type_ids
+        tensors = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+        if self._wants_type_ids:
+            tensors["token_type_ids"] = torch.from_numpy(types)
+        return {k: v.to(self.device, non_blocking=True) for k, v in tensors.items()}
+
+    @torch.inference_mode()
+    def _hidden(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(**inputs).last_hidden_state
+
+    @torch.inference_mode()
+    def embed(self, batch: Sequence[Encoded]) -> np.ndarray:
+        """Pooled, unnormalized embeddings [batch, hidden] in float32."""
+        inputs = self._pad(batch)
+        hidden = self._hidden(inputs)
+        mask = inputs["attention_mask"]
+        if self.spec.pooling == "cls":
+            pooled = hidden[:, 0].float()
+        elif self.spec.pooling == "last-token":
+            last = mask.sum(dim=1) - 1
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
+        else:
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).float().sum(dim=1) / m.float().sum(dim=1).clamp(min=1.0)
+        return pooled.cpu().numpy()
+
+    @torch.inference_mode()
+    def embed_sparse(self, batch: Sequence[Encoded]) -> list[list[tuple[int, float]]]:
+        """bge-m3 lexical weights: relu(Linear(hidden)) per token, max-pooled per token id."""
+        if self.sparse_linear is None:
+            raise RuntimeError("this model has no sparse head")
+        inputs = self._pad(batch)
+        weights = torch.relu(self.sparse_linear(self._hidden(inputs))).squeeze(-1).float().cpu().numpy()
+        out: list[list[tuple[int, float]]] = []
+        for row, enc in enumerate(batch):
+            best: dict[int, float] = {}
+            for tid, w in zip(enc.ids, weights[row, : len(enc.ids)]):
+                if tid in self.unused_sparse_ids or w <= 0.0:
+                    continue
+                if w > best.get(tid, 0.0):
+                    best[tid] = float(w)
+            out.append(sorted(best.items()))
+        return out
+
+    @torch.inference_mode()
+    def embed_all(self, batch: Sequence[Encoded]) -> list[np.ndarray]:
+        """Per-token hidden states [tokens, hidden] per input, padding removed (/embed_all)."""
+        hidden = self._hidden(self._pad(batch)).float().cpu().numpy()
+        return [hidden[row, : len(enc.ids)] for row, enc in enumerate(batch)]
+
+    @torch.inference_mode()
+    def classify(self, batch: Sequence[Encoded]) -> np.ndarray:
+        """Raw logits [batch, labels] in float32."""
+        logits = self.model(**self._pad(batch)).logits
+        return logits.float().cpu().numpy()
+
+    def run(self, task: str, batch: Sequence[Encoded]) -> Sequence[Any]:
+        if task == "embed":
+            return self.embed(batch)
+        if task == "sparse":
+            return self.embed_sparse(batch)
+        if task == "classify":
+            return self.classify(batch)
+        if task == "all":
+            return self.embed_all(batch)
+        raise ValueError(task)
+
+    def task_for_model(self) -> str:
+        return "embed" if self.spec.kind == "embedding" else "classify"
+
+    def health(self) -> None:
+        """A one-token forward pass, as TEI runs after a failure."""
+        self.run(self.task_for_model(), [Encoded([self._filler_id()], [0], 1)])
+
+    def _filler_id(self) -> int:
+        # Any real, non-padding token will do for health checks and warm-up.
+        return 5 if self.tokenizer.plain.get_vocab_size() > 5 else 0
+
+    def warmup(self, max_batch_tokens: int, max_batch_requests: int | None) -> tuple[int, int]:
+        """One forward of the largest batch TEI would warm up with; returns (sequences, tokens per sequence).
+
+        On CPU that is a single sequence of min(max_input_length, max_batch_tokens) tokens (TEI PR #792): a full
+        max_batch_tokens batch would take minutes on a small CPU for no gain, as CPU memory is not the limit.
+        On CUDA it is max_batch_tokens tokens in sequences of max_input_length, which sets the memory peak.
+        """
+        length = min(self.spec.max_input_length, max_batch_tokens)
+        count = 1
+        if self.device.type == "cuda":
+            count = max(1, max_batch_tokens // length)
+            if max_batch_requests:
+                count = min(count, max_batch_requests)
+        token = self._filler_id()
+        batch = [Encoded([token] * length, [0] * length, length) for _ in range(count)]
+        self.run(self.task_for_model(), batch)
+        return count, length
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def is_nan(value: float) -> bool:
+    return math.isnan(value)

@@ -1,0 +1,576 @@
+"""profile + host facts -> Plan.  Pure: no I/O, no clock, no randomness; the same input gives the same Plan.
+
+What it decides, in this order:
+
+1. **Instances.** Each deployment becomes `replicas` instances named `<prefix>` (one replica) or
+   `<prefix>-<n>` (n from 0).
+2. **Devices.** `cpu`; `{gpu: N}` pins; `{gpu: [N, M]}` spreads replicas round-robin; `shared`
+   instances are bin-packed after the pinned ones, largest VRAM estimate first, each onto the GPU
+   with the most room left ("worst fit decreasing" keeps GPUs evenly loaded).
+3. **Runtime.** `auto` is TEI when the Docker Engine answers and TEI has an image for the device
+   (every CPU; GPUs of compute capability 7.5, 8.0, 8.6, 8.9, 9.0, 10.0, 12.0, 12.1), else the
+   fallback worker.  `rerank_mode: bi-encoder` always means the fallback worker.  The reason is
+   kept in `InstancePlan.runtime_reason`.
+4. **VRAM.** Per GPU: budget = total - `gpu_headroom_mib` - memory held by processes that are not
+   ours (live hosts only).  `max_batch_tokens: auto` instances share what the fixed ones leave.
+   Over budget -> `OvercommitError` naming the GPU, each instance's estimate and what to change.
+5. **Ports.** Explicit ports (replicas take p, p+1, ...) first, then `auto` ports from
+   AUTO_PORT_BASE upward, skipping explicit ones, the gateway's port and `observed_ports`.
+6. **Arguments.** TEI's flags in the order of seed 004 (`--max-batch-tokens`,
+   `--max-concurrent-requests`, `--max-client-batch-size`), then `--served-model-name`, the
+   optional flags only when the profile sets them, then `extra_args`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from tei_manager.core.catalog import (
+    ModelInfo,
+    UnknownModel,
+    model_info,
+    supported_arches,
+    tei_image,
+    tei_supports,
+    tei_tag,
+    uses_flash_attention,
+)
+from tei_manager.core.facts import GpuFact, HostFacts
+from tei_manager.core.models import Deployment, GpuPlacement, ModelSpec, Profile, Runtime, Task, reference_problems
+from tei_manager.core.plan import GpuBudget, InstancePlan, ModelSource, Plan, VramEstimate
+from tei_manager.core.tuning import (
+    auto_max_batch_tokens,
+    cpu_auto_max_batch_tokens,
+    default_dtype,
+    estimate_vram,
+    largest_fitting,
+    min_batch_tokens,
+)
+from tei_manager.errors import OvercommitError, PlanError
+
+#: First port tried for `port: auto` (TEI's conventional port in the seeds).
+AUTO_PORT_BASE = 8080
+MAX_PORT = 65535
+
+
+@dataclass
+class _Slot:
+    """One instance while it is being planned (mutable scratch; becomes an InstancePlan)."""
+
+    index: int  # deployment index, for error locations
+    dep: Deployment
+    spec: ModelSpec
+    info: ModelInfo
+    task: Task
+    replica: int
+    name: str
+    shared_placement: bool = False
+    gpu: int | None = None
+    cc: tuple[int, int] | None = None  # compute capability of `gpu`
+    runtime: Runtime = "fallback"
+    reason: str = ""
+    dtype: str = "float32"
+    flash: bool = True
+    max_batch_tokens: int | None = None  # None while `auto` is unresolved
+    vram: VramEstimate | None = None
+    port: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        return f"deployments[{self.index}] ({self.dep.instance_prefix})"
+
+    @property
+    def auto(self) -> bool:
+        return self.dep.tuning.max_batch_tokens == "auto"
+
+
+def plan(profile: Profile, facts: HostFacts, *, observed_ports: Iterable[int] | None = frozenset(),
+         source: str | None = None, own_pids: Iterable[int] = frozenset()) -> Plan:
+    """Plan every instance of `profile` on the host described by `facts`.
+
+    `observed_ports`: host ports taken by something other than this profile's instances; `auto`
+    ports skip them (None means unknown, treated as empty).  `own_pids`: PIDs of this profile's
+    running instances, whose VRAM is not counted as "in use by others" when re-planning a live host.
+    `source` is recorded in `Plan.source` (the profile's path).
+
+    Raises PlanError (unknown model numbers, GPU not on the host, TEI forced where it cannot run,
+    port collisions, a batch budget TEI would refuse) and OvercommitError (VRAM).
+    """
+    problems = reference_problems(profile)
+    if problems:
+        loc, message, hint = problems[0]
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        raise PlanError(message, where=where, fix=hint)
+
+    warnings: list[str] = []
+    if not facts.gpus and facts.nvml_error:
+        warnings.append(
+            f"CPU-only host: NVML not available ({facts.nvml_error}); GPU placements cannot be planned here "
+            "- pass --gpus to plan for another host"
+        )
+    if not facts.docker.reachable:
+        warnings.append(
+            f"Docker Engine not reachable ({facts.docker.error or 'unknown reason'}): `runtime: auto` "
+            "deployments use the fallback worker"
+        )
+
+    slots = _expand(profile, facts)
+    budgets = _budgets(profile, facts, set(own_pids))
+    planned: dict[int, list[_Slot]] = {g.index: [] for g in facts.gpus}
+
+    for slot in slots:
+        if slot.shared_placement:
+            continue
+        _choose_runtime(slot, profile, facts, facts.gpu(slot.gpu) if slot.gpu is not None else None)
+        _initial_estimate(slot)
+        if slot.gpu is not None:
+            planned[slot.gpu].append(slot)
+
+    shared = [s for s in slots if s.shared_placement]
+    if shared:
+        _place_shared(shared, profile, facts, budgets, planned)
+
+    for index, members in planned.items():
+        _resolve_auto(index, members, budgets, facts)
+    for index in planned:
+        _check_budget(index, planned, budgets, facts, profile)
+
+    _assign_ports(slots, profile, set(observed_ports or ()), warnings)
+
+    instances = tuple(_instance(slot, profile) for slot in slots)
+    for slot in slots:
+        warnings.extend(slot.warnings)
+    gpus = tuple(
+        GpuBudget(
+            index=g.index,
+            name=g.name,
+            total_mib=g.total_mib,
+            headroom_mib=profile.gpu_headroom_mib,
+            in_use_mib=budgets[g.index][1],
+            budget_mib=budgets[g.index][0],
+            planned_mib=sum(s.vram.total_mib for s in planned[g.index] if s.vram),
+            instances=tuple(s.name for s in planned[g.index]),
+        )
+        for g in facts.gpus
+    )
+    return Plan(profile=profile.name, source=source, instances=instances, gpus=gpus,
+                warnings=tuple(dict.fromkeys(warnings)), host=facts.origin)
+
+
+# --- 1 and 2: instances and devices ------------------------------------------------------------------
+
+
+def _host_gpus(facts: HostFacts) -> str:
+    if not facts.gpus:
+        reason = f" (NVML: {facts.nvml_error})" if facts.nvml_error else ""
+        return f"this host has no GPU{reason}"
+    return "this host has " + ", ".join(f"GPU {g.index} ({g.name})" for g in facts.gpus)
+
+
+def _expand(profile: Profile, facts: HostFacts) -> list[_Slot]:
+    slots: list[_Slot] = []
+    names: dict[str, str] = {}
+    for i, dep in enumerate(profile.deployments):
+        spec = profile.models[dep.model]
+        try:
+            info = model_info(spec)
+        except UnknownModel as exc:
+            raise PlanError(
+                f"the planner does not know {spec.id!r} and the profile leaves out {', '.join(exc.missing)}",
+                where=f"models.{dep.model}",
+                fix="give params_millions, hidden_size, num_layers and max_input_length on the model "
+                "(from its config.json)",
+            ) from None
+        task: Task = "rerank" if dep.rerank_mode == "bi-encoder" else spec.task
+        placement = dep.placement
+        if isinstance(placement, GpuPlacement):
+            for index in placement.indices:
+                if facts.gpu(index) is None:
+                    raise PlanError(
+                        f"placement asks for GPU {index} but {_host_gpus(facts)}",
+                        where=f"deployments[{i}].placement ({dep.instance_prefix})",
+                        fix="use an index the host has, `shared` or `cpu`; to plan for another host pass "
+                        '--gpus "0:NVIDIA L20:46068MiB:8.9,..."',
+                    )
+        elif placement == "shared" and not facts.gpus:
+            raise PlanError(
+                f"placement `shared` needs a GPU but {_host_gpus(facts)}",
+                where=f"deployments[{i}].placement ({dep.instance_prefix})",
+                fix="use `placement: cpu`, or pass --gpus to plan for another host",
+            )
+        for r in range(dep.replicas):
+            name = dep.instance_prefix if dep.replicas == 1 else f"{dep.instance_prefix}-{r}"
+            if name in names:
+                raise PlanError(
+                    f"instance name {name!r} comes from both {names[name]} and deployments[{i}]",
+                    where=f"deployments[{i}].name",
+                    fix="give one of the deployments another `name`",
+                )
+            names[name] = f"deployments[{i}]"
+            slot = _Slot(index=i, dep=dep, spec=spec, info=info, task=task, replica=r, name=name)
+            if isinstance(placement, GpuPlacement):
+                slot.gpu = placement.indices[r % len(placement.indices)]
+            elif placement == "shared":
+                slot.shared_placement = True
+            slots.append(slot)
+    return slots
+
+
+# --- 3: runtime ----------------------------------------------------------------------------------------
+
+
+def _tei_obstacle(slot: _Slot, facts: HostFacts, gpu: GpuFact | None) -> str | None:
+    """Why TEI cannot serve this instance on this device, or None when it can."""
+    if slot.dep.tuning.dtype == "bfloat16":
+        return "TEI's CUDA and CPU builds have no bfloat16 (dtype: bfloat16)"
+    if gpu is not None and not tei_supports(gpu.compute_capability):
+        return (f"TEI has no image for compute capability {gpu.arch_label} (GPU {gpu.index}, {gpu.name}); "
+                f"it has images for {supported_arches()}")
+    if not facts.docker.reachable:
+        return f"Docker Engine not reachable ({facts.docker.error or 'unknown reason'})"
+    if gpu is not None and not facts.docker.nvidia_runtime:
+        return f"Docker has no NVIDIA runtime, so a TEI container cannot use GPU {gpu.index}"
+    return None
+
+
+def _choose_runtime(slot: _Slot, profile: Profile, facts: HostFacts, gpu: GpuFact | None) -> None:
+    dep = slot.dep
+    cc = gpu.compute_capability if gpu is not None else None
+    slot.cc = cc
+    if dep.rerank_mode == "bi-encoder":
+        slot.runtime, slot.reason = "fallback", "rerank_mode bi-encoder: only the fallback worker ranks with an embedding model"
+    elif dep.runtime == "fallback":
+        slot.runtime, slot.reason = "fallback", "runtime: fallback in the profile"
+    elif dep.runtime == "tei":
+        obstacle = _tei_obstacle(slot, facts, gpu)
+        hard = obstacle is not None and (dep.tuning.dtype == "bfloat16"
+                                         or (cc is not None and not tei_supports(cc)))
+        if hard:
+            raise PlanError(
+                f"runtime tei cannot run here: {obstacle}",
+                where=f"{slot.where}.runtime",
+                fix="use `runtime: auto` (falls back) or `runtime: fallback`, or place it on another GPU or `cpu`",
+            )
+        slot.runtime, slot.reason = "tei", "runtime: tei in the profile"
+        if obstacle:
+            slot.warnings.append(f"{slot.name}: runtime tei, but {obstacle}; apply will fail on this host")
+    else:
+        obstacle = _tei_obstacle(slot, facts, gpu)
+        if obstacle:
+            slot.runtime, slot.reason = "fallback", f"auto: {obstacle}"
+        else:
+            tag = tei_tag(cc, profile.tei_image.version)
+            where = "CPU" if gpu is None else f"compute capability {gpu.arch_label}"
+            slot.runtime, slot.reason = "tei", f"auto: Docker reachable, TEI image {tag} for {where}"
+    slot.dtype = default_dtype(on_gpu=gpu is not None, override=dep.tuning.dtype)
+    # TEI's Turing image runs without flash attention (padded batches); the fallback worker uses SDPA.
+    slot.flash = uses_flash_attention(cc) if slot.runtime == "tei" else True
+
+
+# --- 4: VRAM -------------------------------------------------------------------------------------------
+
+
+def _initial_estimate(slot: _Slot) -> None:
+    """Fixed budgets get their estimate; `auto` on a GPU is estimated at its floor until resolved."""
+    tuning = slot.dep.tuning
+    if isinstance(tuning.max_batch_tokens, int):
+        slot.max_batch_tokens = tuning.max_batch_tokens
+    elif slot.gpu is None:
+        slot.max_batch_tokens = cpu_auto_max_batch_tokens(slot.info)
+    if slot.gpu is None:
+        slot.vram = None
+        return
+    tokens = slot.max_batch_tokens or min_batch_tokens(slot.info, accept_truncation=tuning.accept_truncation)
+    slot.vram = estimate_vram(slot.info, dtype=slot.dtype, max_batch_tokens=tokens, flash=slot.flash,
+                              runtime=slot.runtime)
+
+
+def _budgets(profile: Profile, facts: HostFacts, own_pids: set[int]) -> dict[int, tuple[int, int]]:
+    """GPU index -> (budget MiB, MiB in use by processes that are not ours)."""
+    out: dict[int, tuple[int, int]] = {}
+    for g in facts.gpus:
+        in_use = 0
+        if g.free_mib is not None:
+            ours = sum(p.used_mib for p in g.processes if p.pid in own_pids)
+            in_use = max(0, g.total_mib - g.free_mib - ours)
+        out[g.index] = (g.total_mib - profile.gpu_headroom_mib - in_use, in_use)
+    return out
+
+
+def _room(index: int, planned: dict[int, list[_Slot]], budgets: dict[int, tuple[int, int]]) -> int:
+    return budgets[index][0] - sum(s.vram.total_mib for s in planned[index] if s.vram)
+
+
+def _place_shared(shared: list[_Slot], profile: Profile, facts: HostFacts,
+                  budgets: dict[int, tuple[int, int]], planned: dict[int, list[_Slot]]) -> None:
+    # Size each shared slot on the first GPU to order them (largest first); the estimate is
+    # recomputed for the GPU finally chosen, whose architecture may change runtime or attention.
+    for slot in shared:
+        for g in facts.gpus:
+            try:
+                _choose_runtime(slot, profile, facts, g)
+            except PlanError:
+                continue  # `runtime: tei` on an architecture TEI lacks: try the next GPU
+            slot.gpu = g.index
+            _initial_estimate(slot)
+            break
+    order = sorted(shared, key=lambda s: -(s.vram.total_mib if s.vram else 0))
+    for slot in order:
+        best: tuple[int, int] | None = None  # (room after placing, -index)
+        candidates: dict[int, tuple[_Slot, int]] = {}
+        errors: list[str] = []
+        for g in facts.gpus:
+            trial = _Slot(**{**slot.__dict__, "warnings": []})
+            trial.gpu = g.index
+            try:
+                _choose_runtime(trial, profile, facts, g)
+            except PlanError as exc:
+                errors.append(exc.what)
+                continue
+            _initial_estimate(trial)
+            assert trial.vram is not None
+            left = _room(g.index, planned, budgets) - trial.vram.total_mib
+            candidates[g.index] = (trial, left)
+            if best is None or (left, -g.index) > best:
+                best = (left, -g.index)
+        if best is None:
+            raise PlanError(f"no GPU can run it: {'; '.join(errors)}", where=slot.where,
+                            fix="use `runtime: auto` or `fallback`, or `placement: cpu`")
+        chosen, _ = candidates[-best[1]]
+        slot.__dict__.update(chosen.__dict__)
+        planned[chosen.gpu].append(slot)  # type: ignore[index]
+
+
+def _resolve_auto(index: int, members: list[_Slot], budgets: dict[int, tuple[int, int]],
+                  facts: HostFacts) -> None:
+    """Give the `auto` instances of one GPU equal shares of what the fixed ones leave."""
+    autos = [s for s in members if s.auto]
+    if not autos:
+        return
+    fixed = sum(s.vram.total_mib for s in members if not s.auto and s.vram)
+    share = (budgets[index][0] - fixed) // len(autos)
+    gpu = facts.gpu(index)
+    assert gpu is not None
+    for slot in autos:
+        tokens = auto_max_batch_tokens(slot.info, share_mib=share, dtype=slot.dtype, flash=slot.flash,
+                                       runtime=slot.runtime,
+                                       accept_truncation=slot.dep.tuning.accept_truncation)
+        if tokens is None:
+            floor = min_batch_tokens(slot.info, accept_truncation=slot.dep.tuning.accept_truncation)
+            need = estimate_vram(slot.info, dtype=slot.dtype, max_batch_tokens=floor, flash=slot.flash,
+                                 runtime=slot.runtime)
+            raise OvercommitError(
+                f"{gpu.name}: `max_batch_tokens: auto` finds no budget for {slot.name}: its share is "
+                f"{share} MiB ({budgets[index][0]} MiB budget - {fixed} MiB of fixed instances, split "
+                f"{len(autos)} ways) but {floor} tokens need {need.total_mib} MiB",
+                where=f"GPU {index}",
+                fix=("set `accept_truncation: true` to allow a budget below the model's max input length "
+                     f"{slot.info.max_input_length}, or " if not slot.dep.tuning.accept_truncation else "")
+                + "move an instance to another GPU, `shared` or `cpu`, or lower gpu_headroom_mib",
+            )
+        slot.max_batch_tokens = tokens
+        slot.vram = estimate_vram(slot.info, dtype=slot.dtype, max_batch_tokens=tokens, flash=slot.flash,
+                                  runtime=slot.runtime)
+
+
+def _describe(slot: _Slot) -> str:
+    v = slot.vram
+    assert v is not None
+    return (f"{slot.name}: {v.total_mib} MiB (weights {v.weights_mib} + activations {v.activations_mib} "
+            f"at max_batch_tokens {v.max_batch_tokens} + context {v.context_mib}, {v.dtype})")
+
+
+def _check_budget(index: int, planned: dict[int, list[_Slot]], budgets: dict[int, tuple[int, int]],
+                  facts: HostFacts, profile: Profile) -> None:
+    members = planned[index]
+    budget, in_use = budgets[index]
+    need = sum(s.vram.total_mib for s in members if s.vram)
+    if need <= budget:
+        return
+    gpu = facts.gpu(index)
+    assert gpu is not None
+    lines = [f"{gpu.name} is over-committed: its instances need {need} MiB, the budget is "
+             f"{budget} MiB ({gpu.total_mib} total - {profile.gpu_headroom_mib} headroom - {in_use} in use by "
+             f"other processes), {need - budget} MiB short"]
+    lines += [f"    {_describe(s)}" for s in members]
+    fixes = _overcommit_fixes(index, members, budget, planned, budgets, facts)
+    raise OvercommitError("\n".join(lines), where=f"GPU {index}",
+                          fix="one of:" + "".join(f"\n    - {fix}" for fix in fixes))
+
+
+def _overcommit_fixes(index: int, members: list[_Slot], budget: int, planned: dict[int, list[_Slot]],
+                      budgets: dict[int, tuple[int, int]], facts: HostFacts) -> list[str]:
+    fixes: list[str] = []
+    by_size = sorted((s for s in members if s.vram), key=lambda s: -s.vram.total_mib)  # type: ignore[union-attr]
+    total = sum(s.vram.total_mib for s in by_size)  # type: ignore[union-attr]
+    for slot in by_size:
+        if slot.auto:
+            continue
+        others = total - slot.vram.total_mib  # type: ignore[union-attr]
+        floor = min_batch_tokens(slot.info, accept_truncation=slot.dep.tuning.accept_truncation)
+        target = largest_fitting(slot.info, share_mib=budget - others, dtype=slot.dtype, flash=slot.flash,
+                                 runtime=slot.runtime, floor=floor, cap=(slot.max_batch_tokens or floor) - 1)
+        if target is not None:
+            fixes.append(f"lower deployments[{slot.index}].tuning.max_batch_tokens ({slot.dep.instance_prefix}) "
+                         f"from {slot.max_batch_tokens} to {target}")
+            break
+    else:
+        # No single instance can give enough back: would every fixed one at its floor fit?
+        at_floor = sum(
+            (s.vram.total_mib if s.auto else estimate_vram(  # type: ignore[union-attr]
+                s.info, dtype=s.dtype, flash=s.flash, runtime=s.runtime,
+                max_batch_tokens=min(s.max_batch_tokens or 0, min_batch_tokens(
+                    s.info, accept_truncation=s.dep.tuning.accept_truncation))).total_mib)
+            for s in by_size)
+        lowered = [s for s in by_size if not s.auto and (s.max_batch_tokens or 0) > min_batch_tokens(
+            s.info, accept_truncation=s.dep.tuning.accept_truncation)]
+        if lowered and at_floor <= budget:
+            fixes.append("lower max_batch_tokens of " + ", ".join(
+                f"{s.name} (deployments[{s.index}]) to "
+                f"{min_batch_tokens(s.info, accept_truncation=s.dep.tuning.accept_truncation)}" for s in lowered))
+    for slot in by_size:
+        need = slot.vram.total_mib  # type: ignore[union-attr]
+        homes = [g.index for g in facts.gpus if g.index != index and _room(g.index, planned, budgets) >= need]
+        if homes:
+            fixes.append(f"move {slot.name} to GPU {homes[0]} (deployments[{slot.index}].placement: "
+                         f"{{gpu: {homes[0]}}} or `shared`; GPU {homes[0]} has "
+                         f"{_room(homes[0], planned, budgets)} MiB free)")
+            break
+    if by_size:
+        fixes.append(f"place {by_size[0].name} on `cpu` (deployments[{by_size[0].index}].placement)")
+    if any(not s.auto for s in by_size):
+        fixes.append("use `max_batch_tokens: auto` so the planner sizes batches to the GPU")
+    fixes.append("lower gpu_headroom_mib")
+    return fixes
+
+
+# --- 5: ports ------------------------------------------------------------------------------------------
+
+
+def _assign_ports(slots: list[_Slot], profile: Profile, observed: set[int], warnings: list[str]) -> None:
+    taken: dict[int, _Slot] = {}
+    gateway = profile.gateway.port
+    for slot in slots:
+        if not isinstance(slot.dep.port, int):
+            continue
+        port = slot.dep.port + slot.replica
+        if port > MAX_PORT:
+            raise PlanError(f"replica {slot.replica} would get port {port}, past {MAX_PORT}",
+                            where=f"{slot.where}.port", fix="pick a lower port")
+        if port == gateway:
+            raise PlanError(f"port {port} of {slot.name} is the gateway's port", where=f"{slot.where}.port",
+                            fix="pick another port or `port: auto`, or move gateway.port")
+        if port in taken:
+            other = taken[port]
+            raise PlanError(
+                f"port {port} is taken by both {other.name} ({other.where}) and {slot.name} ({slot.where})",
+                where=f"{slot.where}.port", fix="give one of them another port or `port: auto`",
+            )
+        if port in observed:
+            warnings.append(f"{slot.name}: port {port} is in use on the host by something else; apply will fail "
+                            "until it is free")
+        taken[port] = slot
+        slot.port = port
+    candidate = AUTO_PORT_BASE
+    for slot in slots:
+        if isinstance(slot.dep.port, int):
+            continue
+        while candidate in taken or candidate == gateway or candidate in observed:
+            candidate += 1
+        if candidate > MAX_PORT:
+            raise PlanError("no free port left for `port: auto`", where=f"{slot.where}.port",
+                            fix="give explicit ports")
+        taken[candidate] = slot
+        slot.port = candidate
+
+
+# --- 6: the instance -----------------------------------------------------------------------------------
+
+
+def runtime_args(dep: Deployment, spec: ModelSpec, runtime: Runtime, max_batch_tokens: int) -> tuple[str, ...]:
+    """The runtime flags after --model-id/--port/--hostname, identical for TEI and the fallback worker."""
+    t = dep.tuning
+    args = [
+        "--max-batch-tokens", str(max_batch_tokens),
+        "--max-concurrent-requests", str(t.max_concurrent_requests),
+        "--max-client-batch-size", str(t.max_client_batch_size),
+        "--served-model-name", spec.id,
+    ]
+    if spec.revision:
+        args += ["--revision", spec.revision]
+    if t.dtype:
+        args += ["--dtype", t.dtype]
+    if t.pooling:
+        args += ["--pooling", t.pooling]
+    if t.max_batch_requests:
+        args += ["--max-batch-requests", str(t.max_batch_requests)]
+    if t.tokenization_workers:
+        args += ["--tokenization-workers", str(t.tokenization_workers)]
+    if not t.auto_truncate:
+        args += ["--auto-truncate", "false"]
+    if runtime == "fallback" and dep.rerank_mode == "bi-encoder":
+        args += ["--rerank-mode", "bi-encoder"]
+    return (*args, *t.extra_args)
+
+
+def _model_source(key: str, spec: ModelSpec) -> ModelSource:
+    if spec.path is None:
+        return ModelSource(hub_id=spec.id, revision=spec.revision)
+    if spec.path.startswith("pkg:") or not spec.path.startswith("/"):
+        raise PlanError(
+            f"model path {spec.path!r} is not resolved to an absolute directory",
+            where=f"models.{key}.path",
+            fix="load the profile with tei_manager.profiles.load_profile(), which resolves pkg: and relative paths",
+        )
+    return ModelSource(hub_id=spec.id, revision=spec.revision, local_path=spec.path, mount_name=key)
+
+
+def _instance(slot: _Slot, profile: Profile) -> InstancePlan:
+    dep, info = slot.dep, slot.info
+    tokens = slot.max_batch_tokens
+    assert tokens is not None
+    if tokens < info.max_input_length:
+        if not dep.tuning.auto_truncate:
+            raise PlanError(
+                f"max_batch_tokens {tokens} is below {info.hub_id}'s max input length {info.max_input_length} "
+                "and auto_truncate is false: TEI refuses to start",
+                where=f"{slot.where}.tuning",
+                fix=f"raise max_batch_tokens to at least {info.max_input_length} or set auto_truncate: true",
+            )
+        slot.warnings.append(f"{slot.name}: max_batch_tokens {tokens} < max input length {info.max_input_length}; "
+                             f"longer inputs are truncated to {tokens} tokens")
+    if slot.runtime == "tei":
+        image = tei_image(profile.tei_image.repository, profile.tei_image.version, slot.cc)
+        assert image is not None, "the runtime choice checked that TEI has an image for this device"
+    else:
+        image = profile.fallback_image
+    limits = dep.limits
+    return InstancePlan(
+        name=slot.name,
+        profile=profile.name,
+        deployment=dep.instance_prefix,
+        replica=slot.replica,
+        tenant=dep.tenant,
+        shared=dep.shared,
+        model_key=dep.model,
+        model=_model_source(dep.model, slot.spec),
+        served_model_name=slot.spec.id,
+        task=slot.task,
+        runtime=slot.runtime,
+        runtime_reason=slot.reason,
+        image=image,
+        gpu=slot.gpu,
+        bind=dep.bind or profile.bind,
+        host_port=slot.port,
+        args=runtime_args(dep, slot.spec, slot.runtime, tokens),
+        env=dict(dep.env),
+        memory_bytes=limits.memory,
+        memory_swap_bytes=limits.memory_swap,
+        cpus=limits.cpus,
+        shm_bytes=limits.shm_size,
+        hf_cache=profile.hf_cache,
+        vram=slot.vram,
+    )
+

@@ -1,0 +1,120 @@
+"""Request/response shapes the gateway speaks besides TEI's own.  Pure.
+
+* `/v1/rerank` (Cohere / Jina): `{model, query, documents, top_n, return_documents}` ->
+  TEI `/rerank` `{query, texts}`; TEI's `[{index, score}]` (sorted by score) ->
+  `{id, model, results: [{index, relevance_score, document?: {text}}], usage, meta}`.
+* `/v1/embeddings` (OpenAI) is TEI-native and passes through unchanged.
+
+Also the token *estimate* used to reserve a tenant's tokens/min budget before a request runs
+(reconciled with the upstream's count afterwards, see qos.py).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+# Roughly 4 bytes of text per token for the WordPiece/SentencePiece vocabularies of the models
+# served here, plus the special tokens around each sequence.  Only a reservation: the real
+# count from `x-compute-tokens` replaces it.
+BYTES_PER_TOKEN = 4
+SPECIAL_TOKENS = 2
+
+
+class BodyError(Exception):
+    """A request body the gateway cannot use (TEI answers such bodies with 422)."""
+
+    def __init__(self, message: str, status: int = 422, error_type: str = "Validation") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.error_type = error_type
+
+
+def _text_tokens(text: str) -> int:
+    return len(text.encode("utf-8")) // BYTES_PER_TOKEN + SPECIAL_TOKENS
+
+
+def _input_tokens(value: Any) -> int:
+    if isinstance(value, str):
+        return _text_tokens(value)
+    if isinstance(value, list):
+        if value and all(isinstance(v, int) for v in value):
+            return len(value)  # one input given as token ids
+        return sum(_input_tokens(v) for v in value)
+    return 0
+
+
+def estimate_tokens(task: str, body: Any) -> int:
+    """Tokens a request will probably cost; at least 1."""
+    if not isinstance(body, dict):
+        return 1
+    if task == "rerank":
+        query = body.get("query") if isinstance(body.get("query"), str) else ""
+        texts = body.get("texts", body.get("documents")) or []
+        if not isinstance(texts, list):
+            return 1
+        per_query = _text_tokens(query)
+        return max(1, sum(per_query + _input_tokens(_doc_text(t) or "") for t in texts))
+    return max(1, _input_tokens(body.get("inputs", body.get("input"))))
+
+
+def _doc_text(doc: Any) -> str | None:
+    if isinstance(doc, str):
+        return doc
+    if isinstance(doc, dict) and isinstance(doc.get("text"), str):
+        return doc["text"]
+    return None
+
+
+def cohere_to_tei(body: Any) -> tuple[dict[str, Any], list[str], int | None, bool]:
+    """(TEI /rerank body, the document texts, top_n, return_documents) from a Cohere/Jina body."""
+    if not isinstance(body, dict):
+        raise BodyError("the body must be a JSON object")
+    query = body.get("query")
+    if not isinstance(query, str):
+        raise BodyError("`query` must be a string")
+    documents = body.get("documents")
+    if not isinstance(documents, list):
+        raise BodyError("`documents` must be a list of strings or of {\"text\": ...} objects")
+    texts = []
+    for i, doc in enumerate(documents):
+        text = _doc_text(doc)
+        if text is None:
+            raise BodyError(f"documents[{i}] must be a string or an object with a `text` string")
+        texts.append(text)
+    top_n = body.get("top_n")
+    if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 1):
+        raise BodyError("`top_n` must be a positive integer")
+    return_documents = bool(body.get("return_documents", False))
+    tei: dict[str, Any] = {"query": query, "texts": texts, "raw_scores": False, "return_text": False}
+    if "truncate" in body:
+        tei["truncate"] = body["truncate"]
+    return tei, texts, top_n, return_documents
+
+
+def tei_to_cohere(
+    tei_body: bytes, texts: list[str], top_n: int | None, return_documents: bool, model: str, tokens: int | None
+) -> dict[str, Any]:
+    ranked = json.loads(tei_body)
+    if not isinstance(ranked, list):
+        raise BodyError("the upstream answered /rerank with something other than a list", 502, "Backend")
+    ranked = sorted(ranked, key=lambda r: r["score"], reverse=True)  # TEI sorts already; be sure
+    if top_n is not None:
+        ranked = ranked[:top_n]
+    results = []
+    for item in ranked:
+        result: dict[str, Any] = {"index": item["index"], "relevance_score": item["score"]}
+        if return_documents:
+            result["document"] = {"text": texts[item["index"]]}
+        results.append(result)
+    answer: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "model": model,
+        "results": results,
+        "meta": {"api_version": {"version": "1"}, "billed_units": {"search_units": 1}},
+    }
+    if tokens is not None:
+        answer["usage"] = {"total_tokens": tokens}
+    return answer

@@ -1,0 +1,424 @@
+"""The gateway's ASGI app: authenticate, pick a deployment, admit, proxy, count.
+
+    create_app(profile, plan, keys=..., registry=..., clock=...) -> Starlette
+
+One request, in order:
+1. `Authorization: Bearer <key>` -> tenant (401 when missing or unknown).
+2. Route + `model` (body field, `X-Model` header or `?model=`) -> deployment (403/404/400).
+3. Rate and token budgets (429 + Retry-After), then a slot in the deployment's pool, waiting in
+   priority order for at most the tenant's `max_wait_ms` (429 + Retry-After when it runs out).
+4. Proxy to the least busy healthy replica, retrying once elsewhere on a dead connection or 503.
+5. Reconcile the token estimate with the upstream's `x-compute-tokens`; record metrics.
+
+The gateway's configuration (`GatewayConfig`) is replaced whole on reload; in-flight requests
+keep the one they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route as HttpRoute
+
+from tei_manager.core.models import Profile
+from tei_manager.core.plan import Plan
+from tei_manager.gateway import adapters
+from tei_manager.gateway.config import GatewayConfig, build_config
+from tei_manager.gateway.events import RestartFeed
+from tei_manager.gateway.errors import error_response, too_many, unauthorized
+from tei_manager.gateway.keys import bearer_token
+from tei_manager.gateway.prober import Prober
+from tei_manager.gateway.proxy import NoReplica, Proxy, UpstreamTimedOut
+from tei_manager.gateway.qos import AdmissionController
+from tei_manager.gateway.reload import Reloader
+from tei_manager.gateway.routing import Balancer, Route, RouteTask, RoutingError
+from tei_manager.gateway.upstream import ConnectionPool
+from tei_manager.metrics import GatewayMetrics
+
+log = logging.getLogger("tei_manager.gateway")
+
+OPEN_TENANT = "-"  # metrics label for requests to a gateway without tenants
+MAX_BODY_BYTES = 16 * 1024 * 1024
+# Headers of the upstream answer that clients see: TEI's timing and token counts.
+PASSED_HEADERS = (
+    "x-compute-type", "x-compute-time", "x-compute-characters", "x-compute-tokens",
+    "x-total-time", "x-tokenization-time", "x-queue-time", "x-inference-time",
+)
+# A replica is taken out after this many failed probes in a row (a busy runtime can be slow to
+# answer /health, which queues behind its batches); a refused connection during a request takes
+# it out at once.
+PROBE_FAILURES_TO_DOWN = 2
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    path: str
+    task: RouteTask
+    upstream_path: str
+    shape: str = "tei"  # "tei": pass through; "cohere": translate to/from TEI /rerank
+
+
+ENDPOINTS = (
+    Endpoint("/embed", "embed", "/embed"),
+    Endpoint("/embed_all", "embed", "/embed_all"),
+    Endpoint("/embed_sparse", "embed", "/embed_sparse"),
+    Endpoint("/rerank", "rerank", "/rerank"),
+    Endpoint("/tokenize", "any", "/tokenize"),
+    Endpoint("/decode", "any", "/decode"),
+    Endpoint("/v1/embeddings", "embed", "/v1/embeddings"),
+    Endpoint("/embeddings", "embed", "/v1/embeddings"),
+    Endpoint("/v1/rerank", "rerank", "/rerank", "cohere"),
+    Endpoint("/v2/rerank", "rerank", "/rerank", "cohere"),
+)
+
+
+class _Reject(Exception):
+    def __init__(self, response: Response, reason: str) -> None:
+        self.response = response
+        self.reason = reason
+
+
+class Gateway:
+    """State shared by all requests of one app (one event loop)."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        metrics: GatewayMetrics,
+        clock: Callable[[], float],
+        reloader: Reloader | None,
+        probe_interval_s: float,
+    ) -> None:
+        self.clock = clock
+        self.metrics = metrics
+        self.qos = AdmissionController(clock)
+        self.balancer = Balancer()
+        self.pool = ConnectionPool()
+        self.proxy = Proxy(self.pool, self.balancer, on_health=self.observe, on_retry=self._retried)
+        self.prober = Prober(self.pool, self._all_urls, self._probed, interval_s=probe_interval_s)
+        self.reloader = reloader
+        self.config = config
+        self.apply(config)
+
+    # ---- configuration ---------------------------------------------------------------------------
+    def apply(self, config: GatewayConfig) -> None:
+        """Switch to a new profile version; requests in flight finish on the old routes."""
+        old = self.config
+        self.config = config
+        for tenant, limits in config.tenants.items():
+            self.qos.configure_tenant(tenant, limits)
+        self.qos.remove_tenants_except(set(config.tenants) | {OPEN_TENANT})
+        for route in config.table.routes:
+            self.qos.configure_pool(route.deployment, self.balancer.capacity(route))
+            for url, name in zip(route.replicas, route.replica_names):
+                self.metrics.instance_up(
+                    instance=name, model=route.model_key, tenant=route.tenant, up=self.balancer.state(url).healthy
+                )
+        if old is not config:
+            current = {(n, r.model_key, r.tenant) for r in config.table.routes for n in r.replica_names}
+            for r in old.table.routes:
+                for name in r.replica_names:
+                    if (name, r.model_key, r.tenant) not in current:
+                        self.metrics.forget_instance(instance=name, model=r.model_key, tenant=r.tenant)
+        self.balancer.forget_except(set(self._all_urls()))
+
+    def _all_urls(self) -> Iterable[str]:
+        return [u for r in self.config.table.routes for u in r.replicas]
+
+    def _routes_with(self, url: str) -> list[Route]:
+        return [r for r in self.config.table.routes if url in r.replicas]
+
+    # ---- health ------------------------------------------------------------------------------
+    def observe(self, url: str, healthy: bool) -> None:
+        """A health observation from a request or a probe."""
+        if not self.balancer.mark(url, healthy):
+            return
+        name = self.config.instance_names.get(url, url)
+        log.warning("instance %s is %s", name, "back" if healthy else "out of rotation")
+        for route in self._routes_with(url):
+            self.qos.configure_pool(route.deployment, self.balancer.capacity(route))
+            self.metrics.instance_up(instance=name, model=route.model_key, tenant=route.tenant, up=healthy)
+
+    def _probed(self, url: str, ok: bool) -> None:
+        state = self.balancer.state(url)
+        if ok or not state.healthy:
+            self.observe(url, ok)
+        elif state.failures + 1 >= PROBE_FAILURES_TO_DOWN:
+            self.observe(url, False)
+        else:
+            state.failures += 1
+
+    def _retried(self, route: Route, failed_url: str) -> None:
+        self.metrics.retried(model=route.model_key, instance=self.config.instance_names.get(failed_url, failed_url))
+
+    # ---- requests ----------------------------------------------------------------------------
+    def authenticate(self, request: Request, config: GatewayConfig) -> str | None:
+        if config.open:
+            return None
+        key = bearer_token(request.headers.get("authorization"))
+        if key is None:
+            raise _Reject(unauthorized("missing API key: send `Authorization: Bearer <key>`"), "unauthorized")
+        tenant = config.keys.tenant_for(key)
+        if tenant is None:
+            raise _Reject(unauthorized("invalid API key"), "unauthorized")
+        return tenant
+
+    async def handle(self, request: Request, endpoint: Endpoint) -> Response:
+        started = self.clock()
+        config = self.config
+        tenant_label, model_label, instance = OPEN_TENANT, "-", ""
+        try:
+            tenant = self.authenticate(request, config)
+            tenant_label = tenant or OPEN_TENANT
+            raw, body = await _read_json(request)
+            route = config.table.resolve(tenant, endpoint.task, _model_name(request, body))
+            model_label = route.model_key
+            response, instance = await self._serve(request, endpoint, config, tenant_label, route, raw, body)
+        except _Reject as rej:
+            self.metrics.rejected(tenant=tenant_label, model=model_label, reason=rej.reason)
+            response = rej.response
+        except RoutingError as exc:
+            reason = {401: "unauthorized", 403: "forbidden", 404: "unknown_model"}.get(exc.status, "bad_request")
+            self.metrics.rejected(tenant=tenant_label, model=model_label, reason=reason)
+            response = error_response(exc.status, exc.error_type, exc.message)
+        except adapters.BodyError as exc:
+            response = error_response(exc.status, exc.error_type, exc.message)
+        except Exception:  # never a stack trace to the client
+            log.exception("gateway error on %s", endpoint.path)
+            response = error_response(500, "Backend", "internal gateway error; see the gateway log")
+        self.metrics.request_done(
+            tenant=tenant_label, model=model_label, route=endpoint.path, instance=instance,
+            status=response.status_code, seconds=self.clock() - started,
+        )
+        return response
+
+    async def _serve(
+        self, request: Request, endpoint: Endpoint, config: GatewayConfig, tenant: str, route: Route,
+        raw: bytes, body: Any,
+    ) -> tuple[Response, str]:
+        cohere: tuple[list[str], int | None, bool] | None = None
+        if endpoint.shape == "cohere":
+            tei_body, texts, top_n, return_documents = adapters.cohere_to_tei(body)
+            raw = json.dumps(tei_body).encode()
+            body = tei_body
+            cohere = (texts, top_n, return_documents)
+        if self.balancer.healthy_count(route) == 0:
+            raise _Reject(error_response(503, "Unhealthy", f"no healthy instance of '{route.model_key}'"), "unhealthy")
+
+        estimate = adapters.estimate_tokens(endpoint.task, body)
+        rejection = self.qos.check_rates(tenant, estimate)
+        if rejection is not None:
+            raise _Reject(too_many(rejection.message, rejection.retry_after_header), rejection.reason)
+        charged = estimate
+        try:
+            ticket = await self._admit(tenant, route)
+            try:
+                forwarded = await self.proxy.forward(route, endpoint.upstream_path, raw, config.settings.upstream_timeout_s)
+            finally:
+                self.qos.release(ticket)
+                self._pool_gauges(route)
+            upstream = forwarded.response
+            counted = upstream.headers.get("x-compute-tokens")
+            if counted is not None and counted.isdigit():
+                charged = int(counted)
+            elif upstream.status >= 400:
+                charged = 0  # refused before it ran: nothing to pay for
+        except NoReplica as exc:
+            charged = 0
+            raise _Reject(
+                error_response(503, "Unhealthy", f"no healthy instance of '{route.model_key}' answered"), "unhealthy"
+            ) from exc
+        except UpstreamTimedOut as exc:
+            raise _Reject(
+                error_response(504, "Backend", f"'{route.model_key}' did not answer within "
+                               f"{config.settings.upstream_timeout_s:g} s"), "timeout"
+            ) from exc
+        except _Reject:
+            charged = 0
+            raise
+        finally:
+            self.qos.reconcile_tokens(tenant, estimate, charged)
+            self.metrics.tokens(tenant=tenant, model=route.model_key, count=charged)
+
+        instance = config.instance_names.get(forwarded.url, forwarded.url)
+        headers = {h: upstream.headers[h] for h in PASSED_HEADERS if h in upstream.headers}
+        headers["x-tei-manager-instance"] = instance
+        if cohere is not None and upstream.status == 200:
+            texts, top_n, return_documents = cohere
+            answer = adapters.tei_to_cohere(
+                upstream.body, texts, top_n, return_documents, route.served_model_name,
+                int(counted) if counted and counted.isdigit() else None,
+            )
+            return JSONResponse(answer, headers=headers), instance
+        media = upstream.headers.get("content-type", "application/json")
+        return Response(upstream.body, status_code=upstream.status, media_type=media, headers=headers), instance
+
+    async def _admit(self, tenant: str, route: Route) -> Any:
+        ticket = self.qos.acquire(tenant, route.deployment)
+        limits = self.qos.limits(tenant)
+        if ticket.state == "waiting":
+            loop = asyncio.get_running_loop()
+            admitted: asyncio.Future[None] = loop.create_future()
+            ticket.waker = lambda: admitted.done() or admitted.set_result(None)
+            self._pool_gauges(route)
+            try:
+                await asyncio.wait_for(admitted, limits.max_wait_ms / 1000)
+            except asyncio.TimeoutError:
+                if self.qos.cancel(ticket):
+                    self._pool_gauges(route)
+                    raise _Reject(
+                        too_many(f"'{route.model_key}' is busy; waited {limits.max_wait_ms} ms for a slot", "1"),
+                        "queue_timeout",
+                    ) from None
+            except BaseException:
+                # Client gone or server stopping: give the slot back whichever state the ticket is in.
+                if not self.qos.cancel(ticket):
+                    self.qos.release(ticket)
+                raise
+        self.metrics.queue_wait(tenant=tenant, model=route.model_key, priority=limits.priority, seconds=ticket.waited_s)
+        return ticket
+
+    def _pool_gauges(self, route: Route) -> None:
+        self.metrics.pool_load(
+            model=route.model_key,
+            in_flight=self.qos.in_flight(route.deployment),
+            waiting=self.qos.waiting(route.deployment),
+        )
+
+    def models(self, request: Request) -> Response:
+        config = self.config
+        try:
+            tenant = self.authenticate(request, config)
+        except _Reject as rej:
+            return rej.response
+        data = [
+            {
+                "id": r.model_key,
+                "object": "model",
+                "owned_by": r.tenant,
+                "hub_id": r.hub_id,
+                "deployment": r.deployment,
+                "tasks": sorted(r.tasks),
+                "shared": r.shared,
+            }
+            for r in config.table.visible(tenant)
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+
+async def _read_json(request: Request) -> tuple[bytes, Any]:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise adapters.BodyError(f"the body is larger than {MAX_BODY_BYTES} bytes", 413, "Validation")
+    raw = await request.body()
+    try:
+        return raw, json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise adapters.BodyError(f"the body is not valid JSON: {exc}", 400, "Validation") from None
+
+
+def _model_name(request: Request, body: Any) -> str | None:
+    if isinstance(body, dict) and isinstance(body.get("model"), str) and body["model"]:
+        return body["model"]
+    return request.headers.get("x-model") or request.query_params.get("model") or None
+
+
+def create_app(
+    profile: Profile,
+    plan: Plan,
+    *,
+    keys: Mapping[str, Iterable[str]],
+    registry: CollectorRegistry | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    instance_concurrency: int | None = None,
+    reload: Callable[[], tuple[Profile, Plan, Mapping[str, Iterable[str]]]] | None = None,
+    watch_path: str | None = None,
+    watch_interval_s: float = 1.0,
+    probe_interval_s: float = 2.0,
+    gpu_metrics: bool = True,
+    follow_supervisor: bool = True,
+) -> Starlette:
+    """The gateway for one profile.
+
+    `keys`: tenant -> plain API keys (`tei_manager.profiles.resolve_secrets`), hashed at once.
+    `reload`: returns a fresh (profile, plan, keys); called when `watch_path` changes or on SIGHUP.
+    `instance_concurrency`: requests one replica runs at once (see config.instance_capacity).
+    `follow_supervisor`: count restarts from the supervisor's event log (tei_manager.state).
+    """
+    metrics = GatewayMetrics(registry if registry is not None else CollectorRegistry(), gpu_collector=gpu_metrics)
+
+    def build() -> GatewayConfig:
+        assert reload is not None
+        new_profile, new_plan, new_keys = reload()
+        return build_config(new_profile, new_plan, new_keys, instance_concurrency=instance_concurrency)
+
+    reloader = None
+    if reload is not None:
+        reloader = Reloader(build, lambda cfg: gateway.apply(cfg), metrics.reloaded,
+                            path=watch_path, interval_s=watch_interval_s)
+    gateway = Gateway(
+        build_config(profile, plan, keys, instance_concurrency=instance_concurrency),
+        metrics=metrics, clock=clock, reloader=reloader, probe_interval_s=probe_interval_s,
+    )
+
+    def endpoint(ep: Endpoint) -> Callable[[Request], Any]:
+        async def run(request: Request) -> Response:
+            return await gateway.handle(request, ep)
+
+        return run
+
+    async def health(request: Request) -> Response:
+        return Response(b"", status_code=200)
+
+    async def metrics_page(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def models(request: Request) -> Response:
+        return gateway.models(request)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = "NotFound" if exc.status_code == 404 else "Validation"
+        return error_response(exc.status_code, kind, f"{request.method} {request.url.path}: {exc.detail}")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.prober.probe_all()  # start with dead instances already out of rotation
+        gateway.prober.start()
+        if reloader is not None:
+            reloader.start()
+        feed_task = None
+        if follow_supervisor:
+            feed = RestartFeed(profile.name, metrics)
+            feed_task = asyncio.get_running_loop().create_task(feed.run(max(probe_interval_s, 5.0)))
+        try:
+            yield
+        finally:
+            if feed_task is not None:
+                feed_task.cancel()
+            if reloader is not None:
+                await reloader.stop()
+            await gateway.prober.stop()
+            await gateway.pool.aclose()
+
+    routes = [HttpRoute(ep.path, endpoint(ep), methods=["POST"]) for ep in ENDPOINTS]
+    routes += [
+        HttpRoute("/health", health, methods=["GET"]),
+        HttpRoute("/metrics", metrics_page, methods=["GET"]),
+        HttpRoute("/v1/models", models, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app.state.gateway = gateway
+    return app

@@ -1,0 +1,508 @@
+"""Apply a Plan through a Backend: health-gated, idempotent, rolled back on failure.
+
+UI-free: progress is reported as typed events to an `on_event` callback (the CLI renders them
+with rich, the TUI with widgets).  Public API:
+
+    apply(plan, backend, *, on_event=None, timeout_s=600.0) -> ApplyResult
+    down(profile, backend, *, on_event=None) -> list[str]
+    status(backends, profile=None, *, probe_health=True) -> list[InstanceStatus]
+
+Apply semantics (docs/operations.md):
+
+1. Read what runs (`backend.list(profile)`) and `diff()` it against the plan by spec hash.
+   Nothing to change: return at once (a few /health probes for the table).
+2. Preflight, before touching anything: every image present (pulled when possible) and every
+   new host port free.  A failure here leaves the engine exactly as it was.
+3. Per instance, in plan order: `create` starts a new one and waits until /health answers 200
+   and /info names the expected model; `replace` keeps the old one aside (stopped and renamed
+   to slot "old") while the new one starts on the same port, or starts the new one first
+   (slot "next") when its port differs; instances the profile no longer has are stopped.
+4. Everything healthy: the kept-aside copies are removed.  Any failure: every step is undone in
+   reverse (new instances removed, old ones renamed back and restarted) and ApplyError is raised
+   naming the instance, the cause (engine error, exit code, OOM, last log lines) and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from tei_manager.backends.base import Backend
+from tei_manager.core.diff import Action, ObservedInstance, diff
+from tei_manager.core.plan import InstancePlan, Plan
+from tei_manager.errors import ApplyError, BackendError, TeiManagerError
+from tei_manager.health import Clock, HealthProbe, HttpHealthProbe, SystemClock
+from tei_manager.state import supervisor_restarts
+
+DEFAULT_TIMEOUT_S = 600.0
+_OOM_LOG = re.compile(r"out of memory|CUDA_ERROR_OUT_OF_MEMORY|OutOfMemoryError|CUDA OOM", re.IGNORECASE)
+
+
+# ------------------------------------------------------------------------------------------ events
+@dataclass(frozen=True)
+class ActionsPlanned:
+    """The diff: what apply is about to do (all `keep` means nothing will change)."""
+
+    profile: str
+    actions: tuple[Action, ...]
+
+
+@dataclass(frozen=True)
+class Preparing:
+    """A long preparation step, e.g. an image pull; `done`/`total` in bytes when known."""
+
+    instance: str
+    message: str
+    done: int | None = None
+    total: int | None = None
+
+
+@dataclass(frozen=True)
+class InstanceStep:
+    """One lifecycle step of one instance: creating, starting, stopping, removing, healthy, ..."""
+
+    instance: str
+    step: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class WaitingHealthy:
+    """Still waiting for an instance to answer /health; `last_log` shows download/warm-up progress."""
+
+    instance: str
+    elapsed_s: float
+    timeout_s: float
+    probe: str
+    last_log: str | None = None
+
+
+@dataclass(frozen=True)
+class RollingBack:
+    """Apply failed; `reason` is the error; undo steps follow as InstanceStep events."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class ApplyFinished:
+    changed: bool
+    duration_s: float
+
+
+Event = ActionsPlanned | Preparing | InstanceStep | WaitingHealthy | RollingBack | ApplyFinished
+EventSink = Callable[[Event], None]
+
+
+# ------------------------------------------------------------------------------------------ results
+@dataclass(frozen=True)
+class InstanceStatus:
+    """One row of `tei-manager status` (and of the TUI's instance table)."""
+
+    name: str
+    profile: str
+    backend: str
+    tenant: str
+    model: str
+    runtime: str
+    device: str
+    bind: str
+    port: int | None
+    state: str
+    health: str  # "healthy", "unhealthy: <why>", "starting", "-" (not running)
+    started_at: datetime | None
+    restarts: int
+    gpu_memory_mib: int | None
+    spec_hash: str | None
+    slot: str = ""
+    pid: int | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.bind}:{self.port}" if self.port else "-"
+
+    def uptime_s(self, now: datetime | None = None) -> float | None:
+        if self.started_at is None or self.state != "running":
+            return None
+        return ((now or datetime.now(timezone.utc)) - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    profile: str
+    actions: tuple[Action, ...]
+    changed: bool
+    duration_s: float
+    instances: tuple[InstanceStatus, ...] = field(default_factory=tuple)
+
+
+def _emit(on_event: EventSink | None, event: Event) -> None:
+    if on_event is not None:
+        on_event(event)
+
+
+# ------------------------------------------------------------------------------------------ preflight
+def port_free(bind: str, port: int) -> bool:
+    """Can something listen on bind:port right now?  (SO_REUSEADDR: TIME_WAIT does not count.)"""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((bind, port))
+        except OSError:
+            return False
+    return True
+
+
+def _preflight(actions: Sequence[Action], observed: Sequence[ObservedInstance], backend: Backend,
+               on_event: EventSink | None, *, check_ports: bool = True) -> None:
+    """Images and ports, before anything is touched: a failure here changes nothing."""
+    ours = {(o.bind, o.port) for o in observed if o.port is not None}
+    prepared: set[str] = set()
+    for action in actions:
+        if action.kind not in ("create", "replace") or action.desired is None:
+            continue
+        inst = action.desired
+        if (inst.image, inst.runtime) not in prepared:
+            _emit(on_event, InstanceStep(inst.name, "preparing", inst.image if backend.name == "docker" else ""))
+            backend.prepare(inst, lambda msg, done, total, n=inst.name: _emit(on_event, Preparing(n, msg, done, total)))
+            prepared.add((inst.image, inst.runtime))  # type: ignore[arg-type]
+        if check_ports and (inst.bind, inst.host_port) not in ours and not port_free(inst.bind, inst.host_port):
+            raise BackendError(
+                f"port {inst.host_port} on {inst.bind} is already in use by another program",
+                where=inst.name,
+                fix=f"stop what listens there (ss -ltnp 'sport = :{inst.host_port}') or give the deployment "
+                "another `port` (or `port: auto`)",
+            )
+
+
+# ------------------------------------------------------------------------------------------ health gate
+def _expected_model_ok(info: dict, inst: InstancePlan) -> bool:
+    names = {inst.served_model_name, inst.model.hub_id, inst.model.model_ref(in_container=True),
+             inst.model.model_ref(in_container=False)}
+    return info.get("served_model_name") in names or info.get("model_id") in names
+
+
+def _failure(backend: Backend, obs: ObservedInstance, inst: InstancePlan, what: str) -> BackendError:
+    """Turn an instance that died or never became healthy into an error that says why."""
+    cause = backend.failure_cause(obs)
+    current = backend.refresh(obs) or obs
+    if _OOM_LOG.search(cause) and not current.oom_killed:
+        estimate = f"~{inst.vram.total_mib} MiB estimated" if inst.vram else "no VRAM estimate"
+        tokens = inst.vram.max_batch_tokens if inst.vram else _arg(inst, "--max-batch-tokens")
+        return BackendError(
+            f"ran out of {'GPU ' if inst.gpu is not None else ''}memory during warm-up ({estimate}); {cause}",
+            where=inst.name,
+            fix=f"lower tuning.max_batch_tokens (now {tokens}) or move the deployment to a GPU with more free memory",
+        )
+    if current.oom_killed:
+        limit = f"{inst.memory_bytes // 2**20} MiB" if inst.memory_bytes else "no limit"
+        return BackendError(
+            f"was killed for exceeding its memory limit ({limit}); {cause}",
+            where=inst.name,
+            fix="raise limits.memory, or lower tuning.max_batch_tokens / max_concurrent_requests",
+        )
+    return BackendError(f"{what}; {cause}", where=inst.name,
+                        fix=f"see `tei-manager logs {inst.name}`; check the model, image and runtime flags")
+
+
+def _arg(inst: InstancePlan, flag: str) -> str:
+    args = list(inst.args)
+    return args[args.index(flag) + 1] if flag in args and args.index(flag) + 1 < len(args) else "?"
+
+
+def wait_healthy(backend: Backend, obs: ObservedInstance, inst: InstancePlan, *, timeout_s: float,
+                 on_event: EventSink | None = None, clock: Clock | None = None,
+                 poll_s: float = 0.5, probe: HealthProbe | None = None) -> ObservedInstance:
+    """Until /health answers 200 and /info names the expected model, or fail fast when the
+    instance exits, restarts by itself or the timeout passes (BackendError with the cause)."""
+    clock = clock or SystemClock()
+    probe = probe or HttpHealthProbe()
+    started = clock.monotonic()
+    restarts_at_start = obs.engine_restarts
+    last_report = -10.0
+    while True:
+        current = backend.refresh(obs)
+        if current is None:
+            raise BackendError("disappeared while starting (removed by someone else?)", where=inst.name,
+                               fix="run apply again")
+        if current.state in ("exited", "dead") or current.engine_restarts > restarts_at_start \
+                or current.state == "restarting":
+            code = f" (exit code {current.exit_code})" if current.exit_code is not None else ""
+            raise _failure(backend, current, inst, f"stopped while starting{code}")
+        result = probe.health(inst.bind, inst.host_port, inst.health_path, timeout_s=2.0)
+        elapsed = clock.monotonic() - started
+        if result.ok:
+            info = probe.info(inst.bind, inst.host_port)
+            if info is not None and not _expected_model_ok(info, inst):
+                raise BackendError(
+                    f"port {inst.host_port} answers for model {info.get('served_model_name') or info.get('model_id')!r}, "
+                    f"expected {inst.served_model_name!r}",
+                    where=inst.name, fix="another server may be listening on that port; pick another port",
+                )
+            return current
+        if elapsed >= timeout_s:
+            raise _failure(backend, current, inst, f"not healthy after {timeout_s:g} s ({result.describe()})")
+        if elapsed - last_report >= 1.0:
+            last_report = elapsed
+            _emit(on_event, WaitingHealthy(inst.name, elapsed, timeout_s, result.describe(),
+                                           _last_log_line(backend, current)))
+        clock.sleep(poll_s)
+
+
+def _last_log_line(backend: Backend, obs: ObservedInstance) -> str | None:
+    try:
+        lines = [line for line in backend.logs(obs, tail=5) if line.strip()]
+    except TeiManagerError:
+        return None
+    except Exception:  # a log read racing the engine must not fail the wait
+        return None
+    return lines[-1][-200:] if lines else None
+
+
+# ------------------------------------------------------------------------------------------ apply
+class _Journal:
+    """Undo steps of a running apply, run in reverse on failure."""
+
+    def __init__(self, backend: Backend, on_event: EventSink | None, probe: HealthProbe) -> None:
+        self.backend = backend
+        self.on_event = on_event
+        self.probe = probe
+        self.undo: list[tuple[str, str, Callable[[], None]]] = []
+        self.aside: list[list[ObservedInstance]] = []  # old copies to delete on success
+
+    def add(self, instance: str, what: str, fn: Callable[[], None]) -> None:
+        self.undo.append((instance, what, fn))
+
+    def rollback(self) -> list[str]:
+        problems: list[str] = []
+        for instance, what, fn in reversed(self.undo):
+            _emit(self.on_event, InstanceStep(instance, "rollback", what))
+            try:
+                fn()
+            except Exception as exc:  # keep undoing the rest; report what could not be undone
+                problems.append(f"{instance}: {what} failed: {exc}")
+        return problems
+
+
+def _remove_new(backend: Backend, cell: list[ObservedInstance]) -> Callable[[], None]:
+    def undo() -> None:
+        backend.remove(cell[0])
+    return undo
+
+
+def _restore_old(backend: Backend, cell: list[ObservedInstance], was_running: bool) -> Callable[[], None]:
+    def undo() -> None:
+        current = backend.refresh(cell[0]) or cell[0]
+        current = backend.rename(current, "")
+        if was_running:
+            backend.start(current)
+    return undo
+
+
+def _set_aside(backend: Backend, journal: _Journal, obs: ObservedInstance, stop_timeout_s: float) -> list[ObservedInstance]:
+    """Stop `obs` and rename it to slot "old"; undo renames it back and starts it again."""
+    was_running = obs.state in ("running", "restarting")
+    _emit(journal.on_event, InstanceStep(obs.name, "stopping", "old version kept until the new one is healthy"))
+    cell = [obs]
+    journal.add(obs.name, "restore the previous instance", _restore_old(backend, cell, was_running))
+    if obs.state in ("running", "restarting", "paused"):
+        cell[0] = backend.stop(obs, timeout_s=stop_timeout_s)
+    cell[0] = backend.rename(cell[0], "old")
+    journal.aside.append(cell)
+    return cell
+
+
+def _start_new(backend: Backend, journal: _Journal, inst: InstancePlan, *, slot: str, timeout_s: float,
+               clock: Clock) -> list[ObservedInstance]:
+    on_event = journal.on_event
+    _emit(on_event, InstanceStep(inst.name, "creating", f"{inst.runtime} on {inst.device}, {inst.bind}:{inst.host_port}"))
+    cell = [backend.create(inst, slot=slot)]
+    journal.add(inst.name, "remove the new instance", _remove_new(backend, cell))
+    _emit(on_event, InstanceStep(inst.name, "starting"))
+    cell[0] = backend.start(cell[0])
+    _emit(on_event, InstanceStep(inst.name, "waiting", f"for /health (timeout {timeout_s:g} s)"))
+    cell[0] = wait_healthy(backend, cell[0], inst, timeout_s=timeout_s, on_event=on_event, clock=clock,
+                           probe=journal.probe)
+    _emit(on_event, InstanceStep(inst.name, "healthy"))
+    return cell
+
+
+def _converge(action: Action, backend: Backend, journal: _Journal, *, timeout_s: float, stop_timeout_s: float,
+              clock: Clock, check_ports: bool) -> None:
+    inst, old = action.desired, action.observed
+    if action.kind == "create":
+        assert inst is not None
+        _start_new(backend, journal, inst, slot="", timeout_s=timeout_s, clock=clock)
+    elif action.kind == "replace":
+        assert inst is not None and old is not None
+        same_port = (old.bind, old.port) == (inst.bind, inst.host_port)
+        if same_port or (check_ports and not port_free(inst.bind, inst.host_port)):
+            # The port is the old instance's: it must stop before the new one can listen.
+            _set_aside(backend, journal, old, stop_timeout_s)
+            _start_new(backend, journal, inst, slot="", timeout_s=timeout_s, clock=clock)
+        else:
+            # Make before break: the new one is healthy on its own port before the old one stops.
+            cell = _start_new(backend, journal, inst, slot="next", timeout_s=timeout_s, clock=clock)
+            _set_aside(backend, journal, old, stop_timeout_s)
+            cell[0] = backend.rename(cell[0], "")
+    elif action.kind == "remove":
+        assert old is not None
+        _set_aside(backend, journal, old, stop_timeout_s)
+
+
+def apply(plan: Plan, backend: Backend, *, on_event: EventSink | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+          stop_timeout_s: float = 10.0, clock: Clock | None = None, probe: HealthProbe | None = None,
+          check_ports: bool = True) -> ApplyResult:
+    """Converge the backend onto `plan`.  Returns what was done; raises BackendError when a
+    preflight check fails (nothing touched) and ApplyError when a step failed and was rolled back.
+
+    `probe` answers /health and /info (HTTP by default); `clock` paces the health wait;
+    `check_ports=False` skips the host port test (for backends whose instances do not listen
+    on this host, such as the fake backend)."""
+    clock = clock or SystemClock()
+    probe = probe or HttpHealthProbe()
+    begun = time.monotonic()
+    observed = backend.list(plan.profile)
+    actions = tuple(diff(plan, observed))
+    _emit(on_event, ActionsPlanned(plan.profile, actions))
+    changed = any(a.changes_something for a in actions)
+    if changed:
+        # Leftover copies of an interrupted apply are garbage: clear them before anything else so
+        # their names and ports are free.
+        leftovers = [a for a in actions if a.kind == "remove" and a.observed is not None and a.observed.slot]
+        for action in leftovers:
+            _emit(on_event, InstanceStep(action.name, "removing", action.reason))
+            backend.remove(action.observed)  # type: ignore[arg-type]
+        work = [a for a in actions if a not in leftovers]
+        _preflight(work, observed, backend, on_event, check_ports=check_ports)
+        journal = _Journal(backend, on_event, probe)
+        # Removals first: a deployment renamed in the profile may reuse the port of the old name.
+        ordered = [a for a in work if a.kind == "remove"] + [a for a in work if a.kind in ("create", "replace")]
+        try:
+            for action in ordered:
+                _converge(action, backend, journal, timeout_s=timeout_s, stop_timeout_s=stop_timeout_s, clock=clock,
+                          check_ports=check_ports)
+        except BaseException as exc:  # anything half-done is undone, whatever failed (Ctrl-C included)
+            reason = exc.render() if isinstance(exc, TeiManagerError) else f"{type(exc).__name__}: {exc}"
+            _emit(on_event, RollingBack(reason))
+            problems = journal.rollback()
+            where = exc.where if isinstance(exc, TeiManagerError) else None
+            what = exc.what if isinstance(exc, TeiManagerError) else (
+                "interrupted" if isinstance(exc, KeyboardInterrupt) else reason)
+            fix = exc.fix if isinstance(exc, TeiManagerError) else None
+            state = ("rolled back: what ran before is running again" if not problems
+                     else "rollback incomplete: " + "; ".join(problems))
+            raise ApplyError(f"{what} ({state})", where=where, fix=fix) from exc
+        for cell in journal.aside:
+            _emit(on_event, InstanceStep(cell[0].name, "removing", "previous version"))
+            try:
+                backend.remove(cell[0])
+            except BackendError as exc:  # the new state is healthy; a stale copy is only clutter
+                _emit(on_event, InstanceStep(cell[0].name, "warning", f"could not remove the old copy: {exc.what}"))
+    duration = time.monotonic() - begun
+    _emit(on_event, ApplyFinished(changed, duration))
+    rows = status([backend], plan.profile, probe=probe)
+    return ApplyResult(plan.profile, actions, changed, duration, tuple(rows))
+
+
+# ------------------------------------------------------------------------------------------ down
+def down(profile: str, backend: Backend, *, on_event: EventSink | None = None,
+         stop_timeout_s: float = 10.0) -> list[str]:
+    """Stop and remove every instance labelled with `profile` (all slots).  The shared Hugging
+    Face cache volume is kept: other profiles use it and re-downloading models is slow."""
+    removed: list[str] = []
+    for obs in backend.list(profile):
+        label = obs.name + (f" ({obs.slot})" if obs.slot else "")
+        _emit(on_event, InstanceStep(obs.name, "removing", obs.slot))
+        if obs.state in ("running", "restarting", "paused"):
+            obs = backend.stop(obs, timeout_s=stop_timeout_s)
+        backend.remove(obs)
+        removed.append(label)
+    return removed
+
+
+# ------------------------------------------------------------------------------------------ status
+def gpu_memory_by_pid() -> dict[int, int]:
+    """MiB of GPU memory per host pid from NVML; empty when there is no NVIDIA driver."""
+    try:
+        import pynvml
+    except ImportError:
+        return {}
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # NVMLError and friends: no driver, no GPU, no library
+        return {}
+    usage: dict[int, int] = {}
+    try:
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                used = proc.usedGpuMemory or 0
+                usage[proc.pid] = usage.get(proc.pid, 0) + used // 2**20
+    except Exception:
+        pass
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+    return usage
+
+
+def _health_of(obs: ObservedInstance, probe: HealthProbe) -> str:
+    if obs.state != "running" or obs.port is None or obs.bind is None:
+        return "-"
+    result = probe.health(obs.bind, obs.port, obs.plan.health_path if obs.plan else "/health", timeout_s=1.5)
+    if result.ok:
+        return "healthy"
+    if result.status_code is None and "refused" in (result.error or ""):
+        return "starting"
+    return f"unhealthy: {result.describe()}"
+
+
+def status(backends: Backend | Iterable[Backend], profile: str | None = None, *,
+           probe_health: bool = True, probe: HealthProbe | None = None) -> list[InstanceStatus]:
+    """Every instance the backends run for tei-manager (of one profile when given), with health,
+    uptime, restarts (the engine's own plus the supervisor's) and GPU memory (NVML, matched by pid).
+    Blocking (HTTP probes, engine calls): the TUI calls it from a worker thread."""
+    if isinstance(backends, Backend):
+        backends = [backends]
+    probe = probe or HttpHealthProbe()
+    gpu = gpu_memory_by_pid()
+    rows: list[InstanceStatus] = []
+    restarts_cache: dict[str, dict[str, int]] = {}
+    for backend in backends:
+        for obs in backend.list(profile):
+            plan = obs.plan
+            if obs.profile not in restarts_cache:
+                restarts_cache[obs.profile] = supervisor_restarts(obs.profile)
+            memory = None
+            if gpu and obs.state == "running":
+                pids = backend.pids(obs)
+                used = [gpu[p] for p in pids if p in gpu]
+                memory = sum(used) if used else 0
+            rows.append(InstanceStatus(
+                name=obs.name,
+                profile=obs.profile,
+                backend=backend.name,
+                tenant=plan.tenant if plan else "?",
+                model=plan.served_model_name if plan else "?",
+                runtime=plan.runtime if plan else "?",
+                device=plan.device if plan else "?",
+                bind=obs.bind or "-",
+                port=obs.port,
+                state=obs.state,
+                health=_health_of(obs, probe) if probe_health else "-",
+                started_at=obs.started_at,
+                restarts=obs.engine_restarts + restarts_cache[obs.profile].get(obs.name, 0),
+                gpu_memory_mib=memory,
+                spec_hash=obs.spec_hash,
+                slot=obs.slot,
+                pid=obs.pid,
+            ))
+    return rows

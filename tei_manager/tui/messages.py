@@ -1,0 +1,84 @@
+"""Typed messages that carry results from worker threads back to the UI thread.
+
+Every engine, NVML or HTTP call runs in a thread worker; the worker never touches a widget.
+It posts one of these (posting is thread-safe) and the screen's handler updates the widgets
+on the UI thread.  Failures travel as messages too, holding the user-facing error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.message import Message
+
+from tei_manager.core.facts import HostFacts
+from tei_manager.errors import TeiManagerError
+from tei_manager.tui.gateway_stats import GatewayStats
+from tei_manager.orchestrator import InstanceStatus
+from tei_manager.tui.services import PlanPreview, ProfileEntry, ProgressLine
+
+
+@dataclass
+class HostProbed(Message):
+    facts: HostFacts
+
+
+@dataclass
+class InstancesObserved(Message):
+    instances: list[InstanceStatus]
+    error: TeiManagerError | None = None
+
+
+@dataclass
+class GatewayScraped(Message):
+    """`stats` is None when the gateway does not answer; `reason` says why."""
+
+    stats: GatewayStats | None
+    reason: str = ""
+
+
+@dataclass
+class ProfilesListed(Message):
+    profiles: list[ProfileEntry]
+
+
+@dataclass
+class PlanPrepared(Message):
+    preview: PlanPreview
+
+
+@dataclass
+class ApplyProgressed(Message):
+    """One orchestrator progress event, already reduced to what a row shows."""
+
+    line: ProgressLine
+
+
+@dataclass
+class ApplyCompleted(Message):
+    ok: bool
+    summary: str
+    error: TeiManagerError | None = None
+
+
+@dataclass
+class LogLines(Message):
+    lines: list[str]
+
+
+@dataclass
+class InstanceInfo(Message):
+    """The instance's TEI `/info` body, or the reason it could not be read."""
+
+    name: str
+    info: dict[str, object] | None
+    error: str = ""
+
+
+@dataclass
+class ActionDone(Message):
+    """A one-shot instance action (restart, stop, down) finished; `error` when it failed."""
+
+    action: str
+    target: str
+    error: TeiManagerError | None = None

@@ -1,0 +1,1 @@
+"""Screens: overview, apply (profile, plan, progress), instance detail, and the modals."""

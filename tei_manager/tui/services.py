@@ -1,0 +1,300 @@
+"""The TUI's single door to the services the CLI uses: probe, planner, orchestrator, backends.
+
+Nothing here decides anything the CLI does not: backends come from `backends.select`, plans
+from `core.planner.plan`, diffs from `core.diff.diff`, applies, teardowns and status rows
+from `tei_manager.orchestrator`, instance restart/stop/logs from the `Backend`.  This module
+only adapts their results to what the screens show, and adds the one thing only a dashboard
+needs: rates from two consecutive gateway scrapes.
+
+Every method blocks (engine calls, NVML, HTTP) and is meant to run in a thread worker.
+No textual import here, so it is testable on its own.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tei_manager import orchestrator
+from tei_manager.backends.base import Backend
+from tei_manager.backends.select import BackendChoice, backend_for_apply, backends_for_reading
+from tei_manager.core.diff import Action, ObservedInstance, diff
+from tei_manager.core.facts import HostFacts
+from tei_manager.core.plan import Plan
+from tei_manager.errors import BackendError, TeiManagerError
+from tei_manager.orchestrator import InstanceStatus
+from tei_manager.tui import gateway_stats
+
+Clock = Callable[[], float]
+Prober = Callable[[], HostFacts]
+
+
+@dataclass(frozen=True)
+class ProfileEntry:
+    """A YAML file in the profiles directory; `error` when it does not load."""
+
+    path: Path
+    name: str
+    description: str = ""
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PlanPreview:
+    """What the plan screen shows before anything runs: the plan and its diff, or why not."""
+
+    source: Path
+    plan: Plan | None
+    actions: tuple[Action, ...] = ()
+    error: TeiManagerError | None = None
+
+
+@dataclass(frozen=True)
+class ProgressLine:
+    """One orchestrator event as a progress row shows it."""
+
+    instance: str | None
+    stage: str
+    detail: str = ""
+    failed: bool = False
+    note: str = ""  # the instance's latest log line while it warms up
+
+
+def describe_event(event: orchestrator.Event) -> ProgressLine | None:
+    """Reduce an orchestrator progress event to a row update (None: nothing to show)."""
+    if isinstance(event, orchestrator.InstanceStep):
+        return ProgressLine(event.instance, event.step, event.detail)
+    if isinstance(event, orchestrator.Preparing):
+        share = f" {event.done * 100 // event.total}%" if event.done is not None and event.total else ""
+        return ProgressLine(event.instance, "preparing", f"{event.message}{share}")
+    if isinstance(event, orchestrator.WaitingHealthy):
+        detail = f"{event.elapsed_s:.0f}/{event.timeout_s:.0f} s, {event.probe}"
+        return ProgressLine(event.instance, "waiting", detail, note=event.last_log or "")
+    if isinstance(event, orchestrator.RollingBack):
+        return ProgressLine(None, "rolling back", event.reason, failed=True)
+    return None  # ActionsPlanned is already on screen; ApplyFinished arrives as the result
+
+
+class TuiServices:
+    """Blocking calls into the real services; one per app.
+
+    `probe`, `status` and `clock` are injectable for hosts where the real thing cannot exist:
+    tests on a host without a GPU hand in HostFacts with GPUs and the status rows of instances
+    on them, and snapshot tests freeze the clock so that uptimes do not change between runs.
+    """
+
+    def __init__(
+        self,
+        *,
+        profiles_dir: Path,
+        backend: BackendChoice = "auto",
+        gateway_url: str | None = "http://127.0.0.1:8080",
+        probe: Prober | None = None,
+        status: Callable[[], list[InstanceStatus]] | None = None,
+        clock: Clock = time.time,
+        http_timeout_s: float = 2.0,
+    ) -> None:
+        self.profiles_dir = Path(profiles_dir)
+        self.backend_choice: BackendChoice = backend
+        self.gateway_url = gateway_url.rstrip("/") if gateway_url else None
+        self.clock = clock
+        self._probe = probe
+        self._status = status
+        self._readers: list[Backend] | None = None
+        self._readers_lock = threading.Lock()
+        self._http = httpx.Client(timeout=http_timeout_s)
+        self._last_scrape: gateway_stats.Scrape | None = None
+        self._scrape_lock = threading.Lock()
+        self._running_profiles: set[str] = set()
+        self._quota_cache: dict[Path, tuple[float, str, dict[str, float]]] = {}
+
+    def close(self) -> None:
+        self._http.close()
+        with self._readers_lock:
+            for backend in self._readers or []:
+                backend.close()
+            self._readers = None
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), timezone.utc)
+
+    # -- host ------------------------------------------------------------------------------
+    def probe(self) -> HostFacts:
+        if self._probe is not None:
+            return self._probe()
+        from tei_manager.probe import probe_host
+
+        return probe_host()
+
+    # -- engines ---------------------------------------------------------------------------
+    def readers(self) -> list[Backend]:
+        """The backends `status` reads (opened once: connecting to Docker takes a while)."""
+        with self._readers_lock:
+            if self._readers is None:
+                self._readers = backends_for_reading(self.backend_choice)
+            return self._readers
+
+    def _backend_named(self, name: str) -> Backend:
+        for backend in self.readers():
+            if backend.name == name:
+                return backend
+        raise BackendError(f"the {name} backend is not available", where=name,
+                           fix="start the TUI with the --backend that runs this instance")
+
+    def _observed(self, row: InstanceStatus) -> tuple[Backend, ObservedInstance]:
+        backend = self._backend_named(row.backend)
+        for obs in backend.list(row.profile):
+            if obs.name == row.name and obs.slot == row.slot:
+                return backend, obs
+        raise BackendError("the instance no longer exists", where=row.name,
+                           fix="it may have been removed meanwhile; the overview refreshes by itself")
+
+    # -- profiles and plans ----------------------------------------------------------------
+    def profiles(self) -> list[ProfileEntry]:
+        """Every `*.yaml`/`*.yml` in the profiles directory, loaded so that broken ones say why."""
+        from tei_manager.profiles import load_profile
+
+        entries = []
+        for path in sorted([*self.profiles_dir.glob("*.yaml"), *self.profiles_dir.glob("*.yml")]):
+            try:
+                profile = load_profile(path)
+            except TeiManagerError as exc:
+                entries.append(ProfileEntry(path=path, name=path.stem, error=_problems(exc)))
+                continue
+            entries.append(ProfileEntry(path=path, name=profile.name, description=profile.description))
+        return entries
+
+    def preview(self, path: Path) -> PlanPreview:
+        """Load, probe, plan and diff against what runs: all the plan screen shows.
+
+        The backend is the one `apply` would use for this profile, so the diff is the diff
+        apply will act on.
+        """
+        from tei_manager.core.planner import plan as make_plan
+        from tei_manager.profiles import load_profile
+
+        try:
+            profile = load_profile(path)
+            facts = self.probe()
+            backend = backend_for_apply(self.backend_choice, profile.name)
+            observed = backend.list(profile.name)
+            others = [row for row in orchestrator.status(self.readers(), probe_health=False)
+                      if row.profile != profile.name and row.port is not None]
+            own_pids: set[int] = set()
+            for obs in observed:
+                if obs.running:
+                    own_pids |= backend.pids(obs)
+            backend.close()
+            plan = make_plan(profile, facts, observed_ports={row.port for row in others if row.port},
+                             source=str(path), own_pids=own_pids)
+            actions = tuple(diff(plan, observed))
+        except TeiManagerError as exc:
+            return PlanPreview(source=path, plan=None, error=exc)
+        return PlanPreview(source=path, plan=plan, actions=actions)
+
+    # -- running things --------------------------------------------------------------------
+    def apply(self, plan: Plan, on_event: orchestrator.EventSink) -> orchestrator.ApplyResult:
+        """The orchestrator's apply on the backend `tei-manager apply` would pick."""
+        backend = backend_for_apply(self.backend_choice, plan.profile)
+        return orchestrator.apply(plan, backend, on_event=on_event)
+
+    def down(self, profile: str) -> list[str]:
+        """The orchestrator's down on every backend that runs instances of `profile`."""
+        removed: list[str] = []
+        for backend in self.readers():
+            removed += orchestrator.down(profile, backend)
+        return removed
+
+    def instances(self) -> list[InstanceStatus]:
+        """`tei-manager status`, live instances only (temporary apply copies are not rows)."""
+        rows = self._status() if self._status is not None else orchestrator.status(self.readers())
+        rows = [row for row in rows if row.slot == ""]
+        self._running_profiles = {row.profile for row in rows}
+        return rows
+
+    def restart(self, row: InstanceStatus) -> None:
+        backend, obs = self._observed(row)
+        backend.restart(obs)
+
+    def stop(self, row: InstanceStatus) -> None:
+        backend, obs = self._observed(row)
+        backend.stop(obs)
+
+    def logs(self, row: InstanceStatus, *, tail: int = 200) -> list[str]:
+        backend, obs = self._observed(row)
+        return list(backend.logs(obs, tail=tail))
+
+    def info(self, row: InstanceStatus) -> dict[str, Any]:
+        """The instance's own TEI `/info` (straight from the instance, not through the gateway)."""
+        if row.port is None:
+            raise BackendError("the instance publishes no port", where=row.name)
+        host = "127.0.0.1" if row.bind in ("", "-", "0.0.0.0") else row.bind  # noqa: S104
+        try:
+            response = self._http.get(f"http://{host}:{row.port}/info")
+            response.raise_for_status()
+            body = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise BackendError(f"/info did not answer: {exc}", where=row.name,
+                               fix="check the instance's health and log") from exc
+        return body if isinstance(body, dict) else {"info": body}
+
+    # -- gateway ---------------------------------------------------------------------------
+    def scrape_gateway(self) -> gateway_stats.GatewayStats:
+        """Scrape the gateway's /metrics and compare it with the previous scrape.
+
+        Raises GatewayUnavailable when `serve` is not running (or no URL is configured).
+        """
+        if self.gateway_url is None:
+            raise GatewayUnavailable("gateway not running (no --gateway-url)")
+        try:
+            response = self._http.get(f"{self.gateway_url}/metrics")
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise GatewayUnavailable(f"gateway not running at {self.gateway_url}") from exc
+        current = gateway_stats.parse(response.text, at=self.clock())
+        with self._scrape_lock:
+            previous, self._last_scrape = self._last_scrape, current
+        return gateway_stats.compare(previous, current, self._quotas())
+
+    def _quotas(self) -> dict[str, float]:
+        """Requests-per-second quotas of the tenants of the profiles that run now.
+
+        The gateway enforces quotas but does not export them; they are read from the profile
+        files (re-read only when a file changes) so that "quota use" can be shown.
+        """
+        from tei_manager.profiles import load_profile
+
+        quotas: dict[str, float] = {}
+        for path in sorted(self.profiles_dir.glob("*.y*ml")):
+            try:
+                mtime = path.stat().st_mtime
+                cached = self._quota_cache.get(path)
+                if cached is None or cached[0] != mtime:
+                    profile = load_profile(path)
+                    rps = {name: t.quota.requests_per_second for name, t in profile.tenants.items()
+                           if t.quota.requests_per_second}
+                    cached = self._quota_cache[path] = (mtime, profile.name, rps)
+            except (OSError, TeiManagerError):
+                continue
+            if cached[1] in self._running_profiles:
+                quotas.update(cached[2])
+        return quotas
+
+
+def _problems(exc: TeiManagerError) -> str:
+    """What is wrong with a profile, without the file name the list already shows."""
+    issues = getattr(exc, "issues", None)
+    if issues:
+        return "; ".join(f"{issue.path or '<root>'}: {issue.message}" for issue in issues)
+    return exc.what
+
+
+class GatewayUnavailable(Exception):
+    """The gateway's /metrics did not answer: the overview says so instead of showing zeros."""

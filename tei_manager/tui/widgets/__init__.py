@@ -1,0 +1,1 @@
+"""Widgets of the dashboard: each renders one kind of data it is handed and fetches nothing."""

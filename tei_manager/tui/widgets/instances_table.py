@@ -1,0 +1,84 @@
+"""The instances table: one row per instance, keyed by name so the cursor survives refreshes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.widgets import DataTable
+
+from tei_manager.tui import formatting as fmt
+from tei_manager.tui.gateway_stats import InstanceTraffic
+from tei_manager.tui.widgets.cells import clip, plain, styled
+from tei_manager.orchestrator import InstanceStatus
+
+# What tells a problem apart comes first: at 80 columns Tenant, Model and Runtime are one
+# scroll to the right (→), on wider terminals everything is visible.  "Rst" = restarts.
+COLUMNS = ("Instance", "Health", "Device", "Port", "Up", "Rst", "QPS", "p99", "VRAM",
+           "Tenant", "Model", "Runtime")
+
+_HEALTH_STYLE = {"healthy": "$success", "running": "$success", "starting": "$warning",
+                 "created": "$warning", "restarting": "$warning"}
+
+
+def health_text(row: InstanceStatus) -> str:
+    """`status` says "-" for an instance that is not running; its state says more."""
+    return row.state if row.health == "-" else row.health
+
+
+def health_style(health: str) -> str:
+    """Healthy is calm, anything on its way is a warning, everything else an error."""
+    return _HEALTH_STYLE.get(health.split(":")[0], "$error")
+
+
+class InstancesTable(DataTable[object]):
+    """Rows are `status` rows merged with the gateway's per-instance traffic."""
+
+    # DataTable's own Enter binding is hidden; this one says in the footer what Enter does.
+    BINDINGS = [Binding("enter", "select_cursor", "Instance")]
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        for column in COLUMNS:
+            self.add_column(column, key=column)
+
+    def show(
+        self,
+        rows: list[InstanceStatus],
+        now: datetime,
+        traffic: Mapping[str, InstanceTraffic],
+    ) -> None:
+        selected = self.selected_name
+        self.clear()
+        for row in rows:
+            seen = traffic.get(row.name)
+            health = health_text(row)
+            cells = (
+                fmt.UNKNOWN if row.port is None else str(row.port),
+                fmt.duration(row.uptime_s(now)),
+                str(row.restarts),
+                fmt.rate(seen.qps if seen else None),
+                fmt.millis(seen.p99_s if seen else None),
+                fmt.mib(row.gpu_memory_mib) if row.gpu_memory_mib else fmt.UNKNOWN,
+                row.tenant,
+                fmt.short_model(row.model),
+                row.runtime,
+            )
+            self.add_row(
+                plain(row.name),
+                styled(self, clip(health, 12), health_style(health)),
+                plain(row.device),
+                *(plain(cell) for cell in cells),
+                key=row.name,
+            )
+        if selected is not None and selected in {r.name for r in rows}:
+            self.move_cursor(row=self.get_row_index(selected))
+
+    @property
+    def selected_name(self) -> str | None:
+        if self.row_count == 0:
+            return None
+        key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
+        return None if key.value is None else str(key.value)

@@ -1,0 +1,151 @@
+"""Real parts for the gateway tests: fallback-worker processes on loopback and a gateway served
+by uvicorn in a background thread.
+
+Workers are started exactly as the process backend would start them: the planner's Plan gives
+each instance its command line (`InstancePlan.command(in_container=False)`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import httpx
+import uvicorn
+
+from tei_manager.core.facts import HostFacts
+from tei_manager.core.models import Profile
+from tei_manager.core.plan import InstancePlan, Plan
+from tei_manager.core.planner import plan as make_plan
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER_START_TIMEOUT_S = 240.0
+
+
+def free_port_block(count: int = 1) -> int:
+    """The first of `count` consecutive free loopback ports."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + count > 65535:
+            continue
+        socks = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no block of free ports")
+
+
+def plan_for(profile: Profile) -> Plan:
+    """The real planner on a host without GPUs or Docker: every deployment is a local fallback worker."""
+    return make_plan(profile, HostFacts())
+
+
+def worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # The editable install may predate fallback_worker/: make the package importable regardless.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    return env
+
+
+class WorkerProcess:
+    """One `tei-fallback-worker` (run as `python -m fallback_worker`) for one planned instance."""
+
+    def __init__(self, inst: InstancePlan, log_dir: Path, extra_args: Iterable[str] = ()) -> None:
+        self.inst = inst
+        self.url = f"http://127.0.0.1:{inst.host_port}"
+        self.log_path = log_dir / f"{inst.name}.log"
+        args = [sys.executable, "-m", "fallback_worker", *inst.command(in_container=False), "--dtype", "float32",
+                *extra_args]
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=worker_env(), cwd=REPO)
+
+    def wait_ready(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker {self.inst.name} exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"worker {self.inst.name} not ready:\n{self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+
+def start_workers(plan: Plan, log_dir: Path) -> dict[str, WorkerProcess]:
+    """Start every instance of the plan at once (they load in parallel) and wait for all."""
+    workers = {inst.name: WorkerProcess(inst, log_dir) for inst in plan.instances}
+    deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+    try:
+        for worker in workers.values():
+            worker.wait_ready(deadline)
+    except BaseException:
+        for worker in workers.values():
+            worker.stop()
+        raise
+    return workers
+
+
+class GatewayThread:
+    """A gateway app served by uvicorn on 127.0.0.1 in a daemon thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.port = free_port_block()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "GatewayThread":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+    @property
+    def gateway(self) -> Any:
+        return self.app.state.gateway
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

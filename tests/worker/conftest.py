@@ -1,0 +1,95 @@
+"""Fixtures for the fallback_worker suite: tiny real models built once per session, loaded engines,
+and in-process clients that run the real ASGI app (lifespan, batcher thread and all)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# tests/fixtures is shared by several suites; make it importable however pytest was started.
+_TESTS_DIR = str(Path(__file__).resolve().parents[1])
+if _TESTS_DIR not in sys.path:
+    sys.path.insert(0, _TESTS_DIR)
+
+from fixtures.tiny_models import build_tiny_embedder, build_tiny_reranker, minilm_path  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_embedder(tmp_path_factory.mktemp("tiny-embedder"))
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_reranker(tmp_path_factory.mktemp("tiny-reranker"))
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    return minilm_path()
+
+
+# ---- worker-only fixtures below (not meant for tests/conftest.py) ------------------------------
+
+
+@pytest.fixture(scope="session")
+def embedder_engine(tiny_embedder_dir: Path) -> Any:
+    from fallback_worker.engine import Engine
+
+    return Engine.load(str(tiny_embedder_dir), dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def reranker_engine(tiny_reranker_dir: Path) -> Any:
+    from fallback_worker.engine import Engine
+
+    return Engine.load(str(tiny_reranker_dir), dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def minilm_engine(minilm_dir: Path) -> Any:
+    from fallback_worker.engine import Engine
+
+    return Engine.load(str(minilm_dir), dtype="float32", device="cpu")
+
+
+ClientFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def make_client() -> Iterator[ClientFactory]:
+    """make_client(engine, **WorkerConfig fields) -> a started TestClient; closed after the test."""
+    from starlette.testclient import TestClient
+
+    from fallback_worker.config import WorkerConfig
+    from fallback_worker.server import create_app
+
+    opened: list[Any] = []
+
+    def make(engine: Any, **config: Any) -> Any:
+        config.setdefault("model_id", "tiny")
+        client = TestClient(create_app(engine, WorkerConfig(**config)), raise_server_exceptions=False)
+        client.__enter__()
+        opened.append(client)
+        return client
+
+    yield make
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def embedder(make_client: ClientFactory, embedder_engine: Any) -> Any:
+    return make_client(embedder_engine)
+
+
+@pytest.fixture
+def reranker(make_client: ClientFactory, reranker_engine: Any) -> Any:
+    return make_client(reranker_engine)
