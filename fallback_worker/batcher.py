@@ -141,6 +141,7 @@ class Batcher:
 
     # ---- forward thread ------------------------------------------------------------------
     def _run(self) -> None:
+        self.engine.use_threads()
         while True:
             with self._cond:
                 while not self._queue and not self._stop:

@@ -126,6 +126,13 @@ class Engine:
         import inspect
 
         self._wants_type_ids = "token_type_ids" in inspect.signature(model.forward).parameters
+        self.threads = hardware.usable_cpus() if self.device.type == "cpu" else None
+        self.use_threads()
+
+    def use_threads(self) -> None:
+        """Size torch's intra-op pool to the CPU quota; called on every thread that runs the model."""
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
@@ -189,8 +196,6 @@ class Engine:
             log.warning("max_input_length %d > max_batch_tokens; clamping to %d", max_input_length, max_batch_tokens)
             max_input_length = max_batch_tokens
 
-        if device == "cpu":
-            torch.set_num_threads(hardware.usable_cpus())
         try:
             model = auto_cls.from_pretrained(model_dir, dtype=DTYPES[dtype])
         except Exception as exc:

@@ -27,6 +27,9 @@ LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09,
     0.1, 0.11, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
+GPU_MEMORY_USED = "tei_manager_gpu_memory_used_bytes"
+GPU_MEMORY_TOTAL = "tei_manager_gpu_memory_total_bytes"
+GPU_UTILIZATION = "tei_manager_gpu_utilization_ratio"
 WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
@@ -145,10 +148,10 @@ class NvmlCollector(Collector):
         nvml = self._init()
         if nvml is None:
             return
-        used = GaugeMetricFamily("tei_manager_gpu_memory_used_bytes", "GPU memory in use.", labels=["gpu", "name"])
-        total = GaugeMetricFamily("tei_manager_gpu_memory_total_bytes", "GPU memory in all.", labels=["gpu", "name"])
+        used = GaugeMetricFamily(GPU_MEMORY_USED, "GPU memory in use.", labels=["gpu", "name"])
+        total = GaugeMetricFamily(GPU_MEMORY_TOTAL, "GPU memory in all.", labels=["gpu", "name"])
         util = GaugeMetricFamily(
-            "tei_manager_gpu_utilization_ratio", "Share of time a kernel ran (NVML utilisation).", labels=["gpu", "name"]
+            GPU_UTILIZATION, "Share of time a kernel ran (NVML utilisation).", labels=["gpu", "name"]
         )
         try:
             for index in range(nvml.nvmlDeviceGetCount()):

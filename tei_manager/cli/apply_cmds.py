@@ -46,17 +46,18 @@ def apply_cmd(
     try:
         plan = live_plan(profile, engine, docker_url)
         for warning in plan.warnings:
-            err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+            err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
         renderer = ApplyRenderer(console)
         try:
             result = apply(plan, engine, on_event=renderer, timeout_s=timeout)
         finally:
             renderer.close()
         if result.changed:
-            console.print(f"[green]applied[/] {plan.profile} in {result.duration_s:.1f}s ({engine.name} backend)")
+            console.print(f"[green]applied[/] {plan.profile} in {result.duration_s:.1f}s ({engine.name} backend)",
+                          soft_wrap=True)
         else:
             console.print(f"[green]nothing to change[/]: {len(result.actions)} instance(s) of {plan.profile} "
-                          f"already match the profile ({engine.name} backend)")
+                          f"already match the profile ({engine.name} backend)", soft_wrap=True)
         print_table(console, status_table(list(result.instances)))
     finally:
         engine.close()
@@ -79,9 +80,10 @@ def down_cmd(
             removed += gone
         if removed:
             kept = "; the shared Hugging Face cache volume is kept (docker volume rm it to free the space)"
-            console.print(f"[green]removed[/] {len(removed)} instance(s) of {name}{kept if containers else ''}")
+            console.print(f"[green]removed[/] {len(removed)} instance(s) of {name}{kept if containers else ''}",
+                          soft_wrap=True)
         else:
-            console.print(f"nothing to remove: no instance of profile {name!r} is running")
+            console.print(f"nothing to remove: no instance of profile {name!r} is running", soft_wrap=True)
     finally:
         _close(engines)
 
@@ -110,7 +112,7 @@ def status_cmd(
         return
     if not rows:
         console.print(f"no instances{f' of profile {name!r}' if name else ''} are running "
-                      f"(backends: {', '.join(e.name for e in engines)})")
+                      f"(backends: {', '.join(e.name for e in engines)})", soft_wrap=True)
         return
     print_table(console, status_table(rows))
 

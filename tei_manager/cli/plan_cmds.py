@@ -99,18 +99,21 @@ def print_plan(result: Plan) -> None:
     host = "described host (--gpus)" if result.host == "described" else "this host"
     console.print(f"[bold]Plan for profile {result.profile}[/] on {host}"
                   + (f"  ({result.source})" if result.source else ""), highlight=False)
-    summary = Table(title="Instances", show_lines=False)
-    for column in ("instance", "tenant", "model", "task", "runtime", "device", "address", "VRAM est."):
-        summary.add_column(column, no_wrap=column != "model", overflow="fold")
+    # Compact enough for 80 columns: the bind address, image and command are in the details below.
+    summary = Table(title="Instances", box=None, padding=(0, 2, 0, 0), pad_edge=False, header_style="bold underline")
+    for column in ("instance", "tenant", "model", "task", "runtime", "device", "port", "VRAM MiB"):
+        summary.add_column(column, overflow="fold", justify="right" if column == "VRAM MiB" else "left")
     for inst in result.instances:
         summary.add_row(inst.name, inst.tenant + (" (shared)" if inst.shared else ""), inst.model_key,
-                        inst.task, inst.runtime, inst.device, f"{inst.bind}:{inst.host_port}",
-                        _mib(inst.vram.total_mib if inst.vram else None))
+                        inst.task, inst.runtime, inst.device, str(inst.host_port),
+                        f"{inst.vram.total_mib:,}" if inst.vram else "-")
     console.print(summary)
     for inst in result.instances:
         detail = Table(title=inst.name, show_header=False, title_justify="left", box=None, padding=(0, 1))
         detail.add_column("key", style="bold", no_wrap=True)
         detail.add_column("value", overflow="fold")
+        detail.add_row("tenant", inst.tenant + (" (shared with every tenant)" if inst.shared else ""))
+        detail.add_row("model", f"{inst.served_model_name} ({inst.task})")
         detail.add_row("runtime", f"{inst.runtime} - {inst.runtime_reason}")
         detail.add_row("image", inst.image)
         detail.add_row("device", inst.device)

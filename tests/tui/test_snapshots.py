@@ -142,3 +142,19 @@ def test_plan_with_overcommit_error(snap_compare, state_dir: Path, profiles_dir:
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=open_plan)
+
+
+def test_plan_with_vram_budget(snap_compare, state_dir: Path, profiles_dir: Path) -> None:
+    """A plan that fits: what it puts on each GPU against the budget, and what apply would create."""
+    path = profiles_dir / "l20.yaml"
+    path.write_text(L20_PROFILE)
+    services = TuiServices(profiles_dir=profiles_dir, backend="process", gateway_url=NO_GATEWAY,
+                           probe=gpu_host, clock=lambda: FROZEN_NOW)
+    app = TeiManagerApp(services, refresh_interval_s=None)
+
+    async def open_plan(pilot: Pilot[None]) -> None:
+        await settle(pilot)
+        await pilot.app.push_screen(PlanScreen(path))
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=open_plan)

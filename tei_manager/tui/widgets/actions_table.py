@@ -8,7 +8,8 @@ from tei_manager.core.diff import Action
 from tei_manager.tui import formatting as fmt
 from tei_manager.tui.widgets.cells import plain, styled
 
-COLUMNS = ("Action", "Instance", "Model", "Runtime", "Device", "Port", "VRAM", "Why")
+# Where each instance goes and what it costs first; at 80 columns the rest is one scroll away.
+COLUMNS = ("Action", "Instance", "Device", "Port", "VRAM", "Runtime", "Model", "Why")
 _STYLE = {"create": "$success", "replace": "$warning", "remove": "$error", "keep": "dim"}
 
 
@@ -24,11 +25,11 @@ class ActionsTable(DataTable[object]):
             inst = action.desired or (action.observed.plan if action.observed else None)
             cells = (
                 action.name,
-                fmt.short_model(inst.served_model_name) if inst else fmt.UNKNOWN,
-                inst.runtime if inst else fmt.UNKNOWN,
                 inst.device if inst else fmt.UNKNOWN,
                 str(inst.host_port) if inst else fmt.UNKNOWN,
                 fmt.mib(inst.vram.total_mib) if inst and inst.vram else fmt.UNKNOWN,
+                inst.runtime if inst else fmt.UNKNOWN,
+                fmt.short_model(inst.served_model_name) if inst else fmt.UNKNOWN,
                 action.reason,
             )
             self.add_row(styled(self, action.kind, _STYLE[action.kind]), *(plain(c) for c in cells),

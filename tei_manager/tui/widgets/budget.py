@@ -17,7 +17,7 @@ class BudgetView(Static):
     def show(self, plan: Plan) -> None:
         if not plan.gpus:
             cpu = sum(1 for inst in plan.instances if inst.gpu is None)
-            self.update(Content.from_markup("[b]no GPU in this plan[/b] [dim]— $n instance(s) on CPU[/]", n=str(cpu)))
+            self.update(Content.from_markup("[b]no GPU in this plan[/b] [dim]— $n on CPU[/]", n=_count(cpu)))
             return
         self.update(Content("\n").join(_line(gpu) for gpu in plan.gpus))
 
@@ -29,7 +29,7 @@ def _line(gpu: GpuBudget) -> Content:
     return Content.from_markup(
         f"[b]GPU $index[/b] $name {fmt.bar(fraction, _BAR)} $planned of $budget "
         f"[{'$error' if over else 'dim'}]($left)[/]\n"
-        "  [dim]total $total − headroom $headroom − used by others $others · $instances[/]",
+        "  [dim]total $total − headroom $headroom − other processes $others · $instances[/]",
         index=str(gpu.index),
         name=gpu.name,
         planned=fmt.mib(gpu.planned_mib),
@@ -38,5 +38,9 @@ def _line(gpu: GpuBudget) -> Content:
         total=fmt.mib(gpu.total_mib),
         headroom=fmt.mib(gpu.headroom_mib),
         others=fmt.mib(gpu.in_use_mib),
-        instances=", ".join(gpu.instances) or "nothing placed",
+        instances=_count(len(gpu.instances)),
     )
+
+
+def _count(instances: int) -> str:
+    return {0: "nothing placed", 1: "1 instance"}.get(instances, f"{instances} instances")

@@ -1,0 +1,113 @@
+"""The process backend: the quickstart profile as local `tei-fallback-worker` processes.
+
+Runs the real CLI in-process (`tei_manager.cli.app.main`) against a copy of
+profiles/quickstart.yaml that differs only in its name and ports, so it cannot collide with
+anything else on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from it_support import free_port, write_profile
+from tei_manager.backends.process import ProcessBackend
+from tei_manager.cli.app import main
+from tei_manager.state import state_dir
+
+pytestmark = [pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def quickstart_copy(directory: Path, name: str) -> tuple[Path, dict[str, int]]:
+    data = yaml.safe_load((REPO / "profiles" / "quickstart.yaml").read_text())
+    data["name"] = name
+    ports = {}
+    for dep in data["deployments"]:
+        dep["port"] = ports[dep["name"]] = free_port()
+    data["gateway"]["port"] = free_port()
+    return write_profile(directory, data), ports
+
+
+def status_rows(capsys: Any, name: str) -> list[dict[str, Any]]:
+    capsys.readouterr()
+    assert main(["status", name, "--backend", "process", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_quickstart_comes_up_answers_and_goes_down(profile_name: str, tmp_path: Path, capsys: Any) -> None:
+    path, ports = quickstart_copy(tmp_path, profile_name)
+
+    assert main(["apply", str(path), "--backend", "process", "--timeout", "120"]) == 0
+    out = capsys.readouterr().out
+    assert f"applied {profile_name}" in out and "demo-embed" in out and "demo-rerank" in out
+
+    embed = httpx.post(f"http://127.0.0.1:{ports['demo-embed']}/embed", json={"inputs": "hello world"}, timeout=30)
+    assert embed.status_code == 200 and len(embed.json()[0]) == 384
+    rerank = httpx.post(f"http://127.0.0.1:{ports['demo-rerank']}/rerank",
+                        json={"query": "greeting", "texts": ["hello there", "tax law"]}, timeout=30)
+    assert rerank.status_code == 200 and rerank.json()[0]["index"] == 0
+
+    rows = {r["instance"]: r for r in status_rows(capsys, profile_name)}
+    assert set(rows) == {"demo-embed", "demo-rerank"}
+    for row in rows.values():
+        assert (row["backend"], row["state"], row["health"], row["restarts"]) == ("process", "running", "healthy", 0)
+        assert row["bind"] == "127.0.0.1" and row["device"] == "cpu"
+    pids = [r["pid"] for r in rows.values()]
+    assert all(pid and Path(f"/proc/{pid}").exists() for pid in pids)
+    # Each worker leads its own session, so it outlives the CLI that started it.
+    assert all(os.getsid(pid) == pid for pid in pids)
+
+    started = time.monotonic()
+    assert main(["apply", str(path), "--backend", "process"]) == 0
+    assert "nothing to change" in capsys.readouterr().out
+    assert time.monotonic() - started < 5
+    assert [r["pid"] for r in status_rows(capsys, profile_name)] == pids
+
+    assert main(["down", str(path), "--backend", "process"]) == 0
+    assert "removed 2 instance(s)" in capsys.readouterr().out
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    assert status_rows(capsys, profile_name) == []
+    assert list((state_dir(profile_name) / "instances").glob("*.json")) == []
+
+
+def test_tei_runtime_without_docker_is_a_clear_error(profile_name: str, tmp_path: Path, capsys: Any) -> None:
+    path, _ = quickstart_copy(tmp_path, profile_name)
+    data = yaml.safe_load(path.read_text())
+    data["deployments"][0]["runtime"] = "tei"
+    data["deployments"][1]["rerank_mode"] = None
+    data["deployments"][1]["runtime"] = "auto"
+    path.write_text(yaml.safe_dump(data))
+    code = main(["apply", str(path), "--backend", "process"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "demo-embed" in err and "docker" in err.lower()
+    assert ProcessBackend().list(profile_name) == []
+
+
+def test_a_reused_pid_is_not_mistaken_for_the_worker(profile_name: str, tmp_path: Path) -> None:
+    from it_support import plan_profile
+
+    path, _ = quickstart_copy(tmp_path, profile_name)
+    backend = ProcessBackend()
+    inst = plan_profile(path).instance("demo-embed")
+    created = backend.create(inst)
+    record_path = Path(created.handle)
+    record = json.loads(record_path.read_text())
+    # Our own pid is alive but is not a worker: the instance must read as exited, not running.
+    record.update(pid=os.getpid(), proc_start=Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    record_path.write_text(json.dumps(record))
+    assert backend.refresh(created).state == "exited"
+    record.update(proc_start="1")  # same pid, another start time: a recycled pid
+    record_path.write_text(json.dumps(record))
+    assert backend.refresh(created).state == "exited"
+    backend.remove(backend.refresh(created))
