@@ -25,9 +25,10 @@ ENV PIP_NO_CACHE_DIR=1 \
     HF_HUB_DISABLE_TELEMETRY=1 \
     PORT=80
 
-# torch first and pinned, from the index that has the wanted build (CPU by default), so that
-# nothing later pulls a different torch.
-RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
+# torch first and pinned, so that nothing later pulls a different one. The extra index offers the
+# wanted build (2.13.0+cpu, +cu128, ...), which pip prefers to PyPI's plain 2.13.0 (CUDA) wheel;
+# torch's own dependencies come from PyPI.
+RUN pip install --extra-index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
  && echo "torch==${TORCH_VERSION}" > /tmp/constraints.txt
 
 WORKDIR /src

@@ -126,7 +126,7 @@ class Engine:
         import inspect
 
         self._wants_type_ids = "token_type_ids" in inspect.signature(model.forward).parameters
-        self.threads = hardware.usable_cpus() if self.device.type == "cpu" else None
+        self.threads = hardware.torch_threads() if self.device.type == "cpu" else None
         self.use_threads()
 
     def use_threads(self) -> None:

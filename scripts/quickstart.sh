@@ -66,10 +66,10 @@ for r in ranks:
     print(f"  -> score {r['score']:.4f}  {texts[r['index']]}")
 PY
 
-cat >&2 <<EOF
+cat >&2 <<'END'
 
 ==> [quickstart] done. The two workers keep running in the background:
-      tei-manager status                                          # health, ports, uptime
-      tei-manager logs demo-embed                                 # a worker's log
-      tei-manager down $PROFILE --backend process     # stop and remove them
-EOF
+      tei-manager status                                            # health, ports, uptime
+      tei-manager logs demo-embed                                   # a worker's log
+      tei-manager down profiles/quickstart.yaml --backend process   # stop and remove them
+END

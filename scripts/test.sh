@@ -23,9 +23,7 @@ die() { printf 'error: [test] %s\n' "$*" >&2; exit 1; }
 
 start=$SECONDS
 if [[ "${TEI_MANAGER_SKIP_SETUP:-0}" != 1 ]]; then
-  ./scripts/install.sh
-  log "installing the [dev] extra (test tools)"
-  "$PY" -m pip install -e '.[dev]' || die "pip could not install the [dev] extra (see pip's message above)"
+  TEI_MANAGER_EXTRAS=worker,tui,dev ./scripts/install.sh
   ./scripts/ensure-docker.sh
   log "building the fallback-worker image (skipped when up to date)"
   TEI_MANAGER_WORKER_IMAGE=$(./scripts/build-worker-image.sh)

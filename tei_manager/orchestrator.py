@@ -24,10 +24,11 @@ Apply semantics (docs/operations.md):
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -36,7 +37,7 @@ from tei_manager.core.diff import Action, ObservedInstance, diff
 from tei_manager.core.plan import InstancePlan, Plan
 from tei_manager.errors import ApplyError, BackendError, TeiManagerError
 from tei_manager.health import Clock, HealthProbe, HttpHealthProbe, SystemClock
-from tei_manager.state import supervisor_restarts
+from tei_manager.state import ProfileBusy, profile_lock, supervisor_restarts
 
 DEFAULT_TIMEOUT_S = 600.0
 _OOM_LOG = re.compile(r"out of memory|CUDA_ERROR_OUT_OF_MEMORY|OutOfMemoryError|CUDA OOM", re.IGNORECASE)
@@ -162,15 +163,16 @@ def _preflight(actions: Sequence[Action], observed: Sequence[ObservedInstance], 
                on_event: EventSink | None, *, check_ports: bool = True) -> None:
     """Images and ports, before anything is touched: a failure here changes nothing."""
     ours = {(o.bind, o.port) for o in observed if o.port is not None}
-    prepared: set[str] = set()
     for action in actions:
         if action.kind not in ("create", "replace") or action.desired is None:
             continue
         inst = action.desired
-        if (inst.image, inst.runtime) not in prepared:
-            _emit(on_event, InstanceStep(inst.name, "preparing", inst.image if backend.name == "docker" else ""))
-            backend.prepare(inst, lambda msg, done, total, n=inst.name: _emit(on_event, Preparing(n, msg, done, total)))
-            prepared.add((inst.image, inst.runtime))  # type: ignore[arg-type]
+        _emit(on_event, InstanceStep(inst.name, "preparing", inst.image if backend.name == "docker" else ""))
+
+        def progress(message: str, done: int | None, total: int | None, name: str = inst.name) -> None:
+            _emit(on_event, Preparing(name, message, done, total))
+
+        backend.prepare(inst, progress)
         if check_ports and (inst.bind, inst.host_port) not in ours and not port_free(inst.bind, inst.host_port):
             raise BackendError(
                 f"port {inst.host_port} on {inst.bind} is already in use by another program",
@@ -200,9 +202,12 @@ def _failure(backend: Backend, obs: ObservedInstance, inst: InstancePlan, what: 
             fix=f"lower tuning.max_batch_tokens (now {tokens}) or move the deployment to a GPU with more free memory",
         )
     if current.oom_killed:
-        limit = f"{inst.memory_bytes // 2**20} MiB" if inst.memory_bytes else "no limit"
+        limit = f"{inst.memory_bytes // 2**20} MiB" if inst.memory_bytes else "no limit set"
+        cause = cause.replace("killed by the kernel's out-of-memory killer (host memory limit); ", "")
+        cause = cause.replace("killed by the kernel's out-of-memory killer (host memory limit)", "")
         return BackendError(
-            f"was killed for exceeding its memory limit ({limit}); {cause}",
+            f"was killed by the out-of-memory killer: it needs more host memory than its limit ({limit})"
+            + (f"; {cause}" if cause else ""),
             where=inst.name,
             fix="raise limits.memory, or lower tuning.max_batch_tokens / max_concurrent_requests",
         )
@@ -364,8 +369,23 @@ def apply(plan: Plan, backend: Backend, *, on_event: EventSink | None = None, ti
     `probe` answers /health and /info (HTTP by default); `clock` paces the health wait;
     `check_ports=False` skips the host port test (for backends whose instances do not listen
     on this host, such as the fake backend)."""
-    clock = clock or SystemClock()
-    probe = probe or HttpHealthProbe()
+    with _locked(plan.profile, "apply"):
+        return _apply(plan, backend, on_event=on_event, timeout_s=timeout_s, stop_timeout_s=stop_timeout_s,
+                      clock=clock or SystemClock(), probe=probe or HttpHealthProbe(), check_ports=check_ports)
+
+
+@contextlib.contextmanager
+def _locked(profile: str, purpose: str) -> Iterator[None]:
+    try:
+        with profile_lock(profile, purpose=purpose):
+            yield
+    except ProfileBusy as busy:
+        raise BackendError(f"profile {profile!r} is being changed by another tei-manager ({busy.holder})",
+                           where=profile, fix="wait for it to finish, then run the command again") from None
+
+
+def _apply(plan: Plan, backend: Backend, *, on_event: EventSink | None, timeout_s: float, stop_timeout_s: float,
+           clock: Clock, probe: HealthProbe, check_ports: bool) -> ApplyResult:
     begun = time.monotonic()
     observed = backend.list(plan.profile)
     actions = tuple(diff(plan, observed))
@@ -395,7 +415,7 @@ def apply(plan: Plan, backend: Backend, *, on_event: EventSink | None = None, ti
             what = exc.what if isinstance(exc, TeiManagerError) else (
                 "interrupted" if isinstance(exc, KeyboardInterrupt) else reason)
             fix = exc.fix if isinstance(exc, TeiManagerError) else None
-            state = ("rolled back: what ran before is running again" if not problems
+            state = ("rolled back: everything is as it was before this apply" if not problems
                      else "rollback incomplete: " + "; ".join(problems))
             raise ApplyError(f"{what} ({state})", where=where, fix=fix) from exc
         for cell in journal.aside:
@@ -415,6 +435,13 @@ def down(profile: str, backend: Backend, *, on_event: EventSink | None = None,
          stop_timeout_s: float = 10.0) -> list[str]:
     """Stop and remove every instance labelled with `profile` (all slots).  The shared Hugging
     Face cache volume is kept: other profiles use it and re-downloading models is slow."""
+    removed: list[str] = []
+    with _locked(profile, "down"):
+        removed = _down(profile, backend, on_event, stop_timeout_s)
+    return removed
+
+
+def _down(profile: str, backend: Backend, on_event: EventSink | None, stop_timeout_s: float) -> list[str]:
     removed: list[str] = []
     for obs in backend.list(profile):
         label = obs.name + (f" ({obs.slot})" if obs.slot else "")

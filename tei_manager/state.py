@@ -7,9 +7,12 @@ holds only what an engine cannot: the process backend's records and the supervis
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +35,35 @@ def state_dir(profile: str, *, create: bool = False) -> Path:
     if create:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
+
+
+class ProfileBusy(Exception):
+    """Another tei-manager process holds the profile's lock (an apply or down in progress)."""
+
+    def __init__(self, holder: str) -> None:
+        self.holder = holder
+        super().__init__(holder)
+
+
+@contextlib.contextmanager
+def profile_lock(profile: str, *, purpose: str) -> Iterator[None]:
+    """Hold the profile's lock while changing its instances: one apply/down at a time, and the
+    supervisor skips a round instead of healing an instance an apply is replacing.
+
+    Raises ProfileBusy (with what the holder wrote: pid and purpose) when it is taken.
+    """
+    path = state_dir(profile, create=True) / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ProfileBusy(os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {purpose}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from tei_manager.core.diff import ObservedInstance
 from tei_manager.core.plan import InstancePlan, Plan
 from tei_manager.errors import BackendError
 from tei_manager.health import BackoffPolicy, Clock, HealthProbe, HealthTracker, HttpHealthProbe, SystemClock
-from tei_manager.state import RecordedEvent, append_event
+from tei_manager.state import ProfileBusy, RecordedEvent, append_event, profile_lock
 
 EventKind = Literal["healthy", "unhealthy", "exited", "missing", "engine-restarted", "drifted",
                     "restarting", "restarted", "restart-failed"]
@@ -87,8 +87,17 @@ class Supervisor:
             self.on_event(event)
 
     # ----------------------------------------------------------------------------- one round
-    def tick(self) -> None:
-        """Probe every planned instance once and restart those that are due."""
+    def tick(self) -> bool:
+        """Probe every planned instance once and restart those that are due.  Returns False (and
+        does nothing) while an apply or down of the profile holds its lock."""
+        try:
+            with profile_lock(self.plan.profile, purpose="supervisor round"):
+                self._round()
+        except ProfileBusy:
+            return False
+        return True
+
+    def _round(self) -> None:
         observed = {o.name: o for o in self.backend.list(self.plan.profile) if not o.slot}
         for inst in self.plan.instances:
             self._check(inst, observed.get(inst.name))

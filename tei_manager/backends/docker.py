@@ -107,13 +107,17 @@ class DockerBackend(Backend):
     name = "docker"
 
     def __init__(self, docker_url: str | None = None, *, client: Any = None) -> None:
-        import docker
         import docker.errors
+
+        import docker
 
         self._errors = docker.errors
         self.url = docker_url or os.environ.get("DOCKER_HOST") or "the local Docker socket"
+        # Host paths (model dirs, a bind-mounted cache) can only be checked when the engine is here.
+        self._engine_is_local = not self.url.startswith(("tcp://", "ssh://", "http://", "https://"))
         try:
-            self.client = client or (docker.DockerClient(base_url=docker_url) if docker_url else docker.from_env())
+            self.client = client or (docker.DockerClient(base_url=docker_url)  # type: ignore[attr-defined]
+                                     if docker_url else docker.from_env())  # type: ignore[attr-defined]
             self.client.ping()
         except Exception as exc:  # the SDK raises DockerException, requests errors or OSError
             raise HostError(
@@ -178,6 +182,11 @@ class DockerBackend(Backend):
 
     # ----------------------------------------------------------------------------- preparing
     def prepare(self, instance: InstancePlan, on_progress: ProgressFn | None = None) -> None:
+        local = instance.model.local_path
+        # Docker would silently create a missing bind-mount source as an empty root-owned directory.
+        if local is not None and self._engine_is_local and not os.path.isdir(local):
+            raise BackendError(f"model directory {local} does not exist", where=instance.name,
+                               fix="fix the model's `path` in the profile")
         self._ensure_image(instance, on_progress)
         self._ensure_cache_volume(instance)
 

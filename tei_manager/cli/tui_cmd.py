@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -14,11 +15,15 @@ def register(app: typer.Typer) -> None:
 
 
 def tui(
-    profiles_dir: Path = typer.Option(Path("profiles"), "--profiles-dir", help="Where the profiles to apply live."),
-    backend: str = typer.Option("auto", "--backend", help="auto, docker or process (as for apply/status)."),
-    gateway_url: str = typer.Option(
-        "http://127.0.0.1:8080", "--gateway-url", help="The running gateway, for per-tenant traffic."
-    ),
+    profiles_dir: Annotated[
+        Path, typer.Option("--profiles-dir", help="Where the profiles to apply live.")
+    ] = Path("profiles"),
+    backend: Annotated[
+        str, typer.Option("--backend", help="auto, docker or process (as for apply/status).")
+    ] = "auto",
+    gateway_url: Annotated[
+        str, typer.Option("--gateway-url", help="The running gateway, for per-tenant traffic.")
+    ] = "http://127.0.0.1:8080",
 ) -> None:
     """Live dashboard: GPUs, instances and tenants; apply profiles, restart and stop instances."""
     if backend not in ("auto", "docker", "process"):

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+_timeout = getattr(asyncio, "timeout", None)
+
 # uvicorn closes idle keep-alive connections after 5 s; drop ours a bit earlier so a reused
 # connection is rarely one the server is closing at that very moment.
 IDLE_TTL_S = 4.0
@@ -90,6 +92,9 @@ class ConnectionPool:
         if target is None:
             target = self._targets[base_url] = _split(base_url)
         try:
+            if _timeout is not None:  # Python 3.11+: no extra task per request, unlike wait_for
+                async with _timeout(timeout_s):
+                    return await self._request(target, method, path, body, headers)
             return await asyncio.wait_for(self._request(target, method, path, body, headers), timeout_s)
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"{base_url}{path}: no answer within {timeout_s:g} s") from None

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from typing import Any, ClassVar
 
 from textual.app import App
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.theme import Theme
 
@@ -55,7 +56,7 @@ class TeiManagerApp(App[None]):
 
     TITLE = "tei-manager"
     CSS_PATH = "app.tcss"
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("escape", "back", "Back", show=False),
@@ -70,7 +71,7 @@ class TeiManagerApp(App[None]):
         backend = services.backend_choice
         self.sub_title = f"{backend} backend"
 
-    def get_default_screen(self) -> Screen[object]:
+    def get_default_screen(self) -> Screen[Any]:
         from tei_manager.tui.screens.overview import OverviewScreen
 
         return OverviewScreen()
@@ -82,10 +83,6 @@ class TeiManagerApp(App[None]):
             return
         self.push_screen(HelpScreen(self.screen))
 
-    def action_back(self) -> None:
-        if len(self.screen_stack) > 1:
-            self.pop_screen()
-
     def show_error(self, title: str, error: TeiManagerError | str) -> None:
         from tei_manager.tui.screens.text import TextScreen
 
@@ -93,9 +90,28 @@ class TeiManagerApp(App[None]):
         self.push_screen(TextScreen(title, body, error=True))
 
     async def action_quit(self) -> None:
-        # Running instances stay up: the TUI observes and drives them, it does not own them.
-        self.workers.cancel_all()
-        self.exit()
+        """Quit; running instances stay up (the dashboard drives them, it does not own them).
+
+        An apply cannot be interrupted halfway (its rollback must run), so quitting during one
+        asks first: the terminal comes back only once the apply has finished or rolled back.
+        """
+        from tei_manager.tui.screens.confirm import ConfirmScreen
+
+        applying = [w for w in self.workers if w.group == "apply" and w.is_running]
+        if not applying:
+            self.exit()
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.exit(message="waiting for the running apply to finish or roll back…")
+
+        await self.push_screen(ConfirmScreen(
+            "Quit during apply",
+            "An apply is running. Quit anyway? It goes on until its instances are healthy or rolled "
+            "back, and the terminal returns then.",
+            "Quit",
+        ), answered)
 
     def on_unmount(self) -> None:
         self.services.close()

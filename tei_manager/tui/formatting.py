@@ -10,7 +10,7 @@ from __future__ import annotations
 UNKNOWN = "–"
 
 
-def mib(value: int | float | None) -> str:
+def mib(value: float | None) -> str:
     """`812 MiB`, `12.3 GiB`; GiB from 10 GiB on keeps the column narrow."""
     if value is None:
         return UNKNOWN

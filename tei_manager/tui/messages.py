@@ -13,8 +13,8 @@ from textual.message import Message
 
 from tei_manager.core.facts import HostFacts
 from tei_manager.errors import TeiManagerError
-from tei_manager.tui.gateway_stats import GatewayStats
 from tei_manager.orchestrator import InstanceStatus
+from tei_manager.tui.gateway_stats import GatewayStats
 from tei_manager.tui.services import PlanPreview, ProfileEntry, ProgressLine
 
 

@@ -1,8 +1,9 @@
 """The TUI's single door to the services the CLI uses: probe, planner, orchestrator, backends.
 
 Nothing here decides anything the CLI does not: backends come from `backends.select`, plans
-from `core.planner.plan`, diffs from `core.diff.diff`, applies, teardowns and status rows
-from `tei_manager.orchestrator`, instance restart/stop/logs from the `Backend`.  This module
+from `cli.live.live_plan` (what `tei-manager apply` plans with), diffs from `core.diff.diff`,
+applies, teardowns and status rows from `tei_manager.orchestrator`, host facts from
+`probe.probe_host`, instance restart/stop/logs from the `Backend`.  This module
 only adapts their results to what the screens show, and adds the one thing only a dashboard
 needs: rates from two consecutive gateway scrapes.
 
@@ -33,7 +34,6 @@ from tei_manager.orchestrator import InstanceStatus
 from tei_manager.tui import gateway_stats
 
 Clock = Callable[[], float]
-Prober = Callable[[], HostFacts]
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,7 @@ def describe_event(event: orchestrator.Event) -> ProgressLine | None:
 class TuiServices:
     """Blocking calls into the real services; one per app.
 
-    `probe`, `status` and `clock` are injectable for hosts where the real thing cannot exist:
-    tests on a host without a GPU hand in HostFacts with GPUs and the status rows of instances
-    on them, and snapshot tests freeze the clock so that uptimes do not change between runs.
+    `clock` is injectable so that snapshot tests can freeze uptimes and scrape intervals.
     """
 
     def __init__(
@@ -96,8 +94,6 @@ class TuiServices:
         profiles_dir: Path,
         backend: BackendChoice = "auto",
         gateway_url: str | None = "http://127.0.0.1:8080",
-        probe: Prober | None = None,
-        status: Callable[[], list[InstanceStatus]] | None = None,
         clock: Clock = time.time,
         http_timeout_s: float = 2.0,
     ) -> None:
@@ -105,8 +101,6 @@ class TuiServices:
         self.backend_choice: BackendChoice = backend
         self.gateway_url = gateway_url.rstrip("/") if gateway_url else None
         self.clock = clock
-        self._probe = probe
-        self._status = status
         self._readers: list[Backend] | None = None
         self._readers_lock = threading.Lock()
         self._http = httpx.Client(timeout=http_timeout_s)
@@ -127,11 +121,10 @@ class TuiServices:
 
     # -- host ------------------------------------------------------------------------------
     def probe(self) -> HostFacts:
-        if self._probe is not None:
-            return self._probe()
-        from tei_manager.probe import probe_host
+        # Looked up at call time, like `live_plan` does: one probe for the overview and the plan.
+        from tei_manager import probe as host_probe
 
-        return probe_host()
+        return host_probe.probe_host()
 
     # -- engines ---------------------------------------------------------------------------
     def readers(self) -> list[Backend]:
@@ -157,12 +150,15 @@ class TuiServices:
                            fix="it may have been removed meanwhile; the overview refreshes by itself")
 
     # -- profiles and plans ----------------------------------------------------------------
+    def _profile_paths(self) -> list[Path]:
+        return sorted([*self.profiles_dir.glob("*.yaml"), *self.profiles_dir.glob("*.yml")])
+
     def profiles(self) -> list[ProfileEntry]:
         """Every `*.yaml`/`*.yml` in the profiles directory, loaded so that broken ones say why."""
         from tei_manager.profiles import load_profile
 
         entries = []
-        for path in sorted([*self.profiles_dir.glob("*.yaml"), *self.profiles_dir.glob("*.yml")]):
+        for path in self._profile_paths():
             try:
                 profile = load_profile(path)
             except TeiManagerError as exc:
@@ -172,29 +168,21 @@ class TuiServices:
         return entries
 
     def preview(self, path: Path) -> PlanPreview:
-        """Load, probe, plan and diff against what runs: all the plan screen shows.
+        """Plan against the live host and diff against what runs: all the plan screen shows.
 
-        The backend is the one `apply` would use for this profile, so the diff is the diff
-        apply will act on.
+        Planned exactly as `tei-manager apply` plans, on the backend apply would use for this
+        profile, so the diff shown is the diff apply will act on.
         """
-        from tei_manager.core.planner import plan as make_plan
+        from tei_manager.cli.live import live_plan
         from tei_manager.profiles import load_profile
 
         try:
-            profile = load_profile(path)
-            facts = self.probe()
-            backend = backend_for_apply(self.backend_choice, profile.name)
-            observed = backend.list(profile.name)
-            others = [row for row in orchestrator.status(self.readers(), probe_health=False)
-                      if row.profile != profile.name and row.port is not None]
-            own_pids: set[int] = set()
-            for obs in observed:
-                if obs.running:
-                    own_pids |= backend.pids(obs)
-            backend.close()
-            plan = make_plan(profile, facts, observed_ports={row.port for row in others if row.port},
-                             source=str(path), own_pids=own_pids)
-            actions = tuple(diff(plan, observed))
+            backend = backend_for_apply(self.backend_choice, load_profile(path).name)
+            try:
+                plan = live_plan(str(path), backend)
+                actions = tuple(diff(plan, backend.list(plan.profile)))
+            finally:
+                backend.close()
         except TeiManagerError as exc:
             return PlanPreview(source=path, plan=None, error=exc)
         return PlanPreview(source=path, plan=plan, actions=actions)
@@ -203,7 +191,10 @@ class TuiServices:
     def apply(self, plan: Plan, on_event: orchestrator.EventSink) -> orchestrator.ApplyResult:
         """The orchestrator's apply on the backend `tei-manager apply` would pick."""
         backend = backend_for_apply(self.backend_choice, plan.profile)
-        return orchestrator.apply(plan, backend, on_event=on_event)
+        try:
+            return orchestrator.apply(plan, backend, on_event=on_event)
+        finally:
+            backend.close()
 
     def down(self, profile: str) -> list[str]:
         """The orchestrator's down on every backend that runs instances of `profile`."""
@@ -214,8 +205,7 @@ class TuiServices:
 
     def instances(self) -> list[InstanceStatus]:
         """`tei-manager status`, live instances only (temporary apply copies are not rows)."""
-        rows = self._status() if self._status is not None else orchestrator.status(self.readers())
-        rows = [row for row in rows if row.slot == ""]
+        rows = [row for row in orchestrator.status(self.readers()) if row.slot == ""]
         self._running_profiles = {row.profile for row in rows}
         return rows
 
@@ -235,7 +225,7 @@ class TuiServices:
         """The instance's own TEI `/info` (straight from the instance, not through the gateway)."""
         if row.port is None:
             raise BackendError("the instance publishes no port", where=row.name)
-        host = "127.0.0.1" if row.bind in ("", "-", "0.0.0.0") else row.bind  # noqa: S104
+        host = "127.0.0.1" if row.bind in ("", "-", "0.0.0.0") else row.bind
         try:
             response = self._http.get(f"http://{host}:{row.port}/info")
             response.raise_for_status()
@@ -272,7 +262,7 @@ class TuiServices:
         from tei_manager.profiles import load_profile
 
         quotas: dict[str, float] = {}
-        for path in sorted(self.profiles_dir.glob("*.y*ml")):
+        for path in self._profile_paths():
             try:
                 mtime = path.stat().st_mtime
                 cached = self._quota_cache.get(path)

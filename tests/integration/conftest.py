@@ -18,16 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 _TESTS_DIR = str(Path(__file__).resolve().parents[1])
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
-from fixtures.tiny_models import build_tiny_embedder, build_tiny_reranker  # noqa: E402
+from fixtures.tiny_models import build_tiny_embedder, build_tiny_reranker
 
 sys.path.insert(0, str(Path(__file__).parent))
-from it_support import cleanup_profile  # noqa: E402
+from it_support import cleanup_profile
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 from it_support import cleanup_profile, described_gpu_host, free_port, plan_profile, profile_containers, write_profile
+
 from tei_manager.backends.docker import DockerBackend, container_spec
 from tei_manager.cli.app import main
 from tei_manager.errors import ApplyError, BackendError
@@ -129,13 +129,13 @@ def test_containers_carry_the_plan_limits_and_labels(deployment: Deployment) -> 
 
 def test_embed_and_rerank_answer_through_the_published_ports(deployment: Deployment) -> None:
     embed = httpx.post(f"http://127.0.0.1:{deployment.port('finance-embed')}/embed",
-                       json={"inputs": ["quarterly revenue", "legal hold"]}, timeout=30)
+                       json={"inputs": ["quarterly revenue", "legal hold"]}, timeout=60)
     assert embed.status_code == 200
     vectors = embed.json()
     assert len(vectors) == 2 and len(vectors[0]) > 8 and all(isinstance(x, float) for x in vectors[0])
 
     rerank = httpx.post(f"http://127.0.0.1:{deployment.port('legal-rerank')}/rerank",
-                        json={"query": "contract law", "texts": ["a contract", "the weather", "statutes"]}, timeout=30)
+                        json={"query": "contract law", "texts": ["a contract", "the weather", "statutes"]}, timeout=60)
     assert rerank.status_code == 200
     results = rerank.json()
     assert sorted(r["index"] for r in results) == [0, 1, 2]

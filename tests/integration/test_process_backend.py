@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-
 from it_support import free_port, write_profile
+
 from tei_manager.backends.process import ProcessBackend
 from tei_manager.cli.app import main
 from tei_manager.state import state_dir
@@ -50,10 +50,10 @@ def test_quickstart_comes_up_answers_and_goes_down(profile_name: str, tmp_path: 
     out = capsys.readouterr().out
     assert f"applied {profile_name}" in out and "demo-embed" in out and "demo-rerank" in out
 
-    embed = httpx.post(f"http://127.0.0.1:{ports['demo-embed']}/embed", json={"inputs": "hello world"}, timeout=30)
+    embed = httpx.post(f"http://127.0.0.1:{ports['demo-embed']}/embed", json={"inputs": "hello world"}, timeout=60)
     assert embed.status_code == 200 and len(embed.json()[0]) == 384
     rerank = httpx.post(f"http://127.0.0.1:{ports['demo-rerank']}/rerank",
-                        json={"query": "greeting", "texts": ["hello there", "tax law"]}, timeout=30)
+                        json={"query": "greeting", "texts": ["hello there", "tax law"]}, timeout=60)
     assert rerank.status_code == 200 and rerank.json()[0]["index"] == 0
 
     rows = {r["instance"]: r for r in status_rows(capsys, profile_name)}

@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 from it_support import free_port, plan_profile, wait_for, write_profile
+
 from tei_manager.backends.docker import DockerBackend
 from tei_manager.backends.process import ProcessBackend
 from tei_manager.health import BackoffPolicy
@@ -70,7 +70,7 @@ def test_killed_container_is_restarted_healthy_and_counted(docker_client: Any, w
     assert container.status == "running" and container.id == docker_client.containers.get(container.name).id
     (row,) = status(backend, profile_name)
     assert (row.health, row.restarts) == ("healthy", 1)
-    assert httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": "back"}, timeout=30).status_code == 200
+    assert httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": "back"}, timeout=60).status_code == 200
     backend.close()
 
 
@@ -95,5 +95,5 @@ def test_killed_process_is_restarted_healthy_and_counted(profile_name: str, tmp_
     (after,) = status(backend, profile_name)
     assert after.pid != before.pid and (after.health, after.restarts) == ("healthy", 1)
     started = time.monotonic()
-    assert httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": "back"}, timeout=30).status_code == 200
+    assert httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": "back"}, timeout=60).status_code == 200
     assert time.monotonic() - started < 30

@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from textual.widgets import DataTable, Log, Static
+from textual.coordinate import Coordinate
+from textual.widgets import DataTable, Log, OptionList, Static
+from tui_helpers import closed_port_url, free_port, wait_until
 
 from tei_manager import orchestrator
 from tei_manager.backends.process import ProcessBackend
@@ -21,8 +23,8 @@ from tei_manager.tui.screens.overview import OverviewScreen
 from tei_manager.tui.screens.plan import PlanScreen
 from tei_manager.tui.screens.profiles import ProfilesScreen
 from tei_manager.tui.screens.progress import ProgressScreen
+from tei_manager.tui.screens.text import TextScreen
 from tei_manager.tui.services import TuiServices
-from tui_helpers import closed_port_url, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +72,7 @@ def overview_rows(app: TeiManagerApp) -> dict[str, str]:
     table = app.screen.query_one("#instances-table", DataTable)
     if not table.display:
         return {}
-    return {str(table.get_cell_at((i, 0))): str(table.get_cell_at((i, 1))) for i in range(table.row_count)}
+    return {str(table.get_cell_at(Coordinate(i, 0))): str(table.get_cell_at(Coordinate(i, 1))) for i in range(table.row_count)}
 
 
 async def test_apply_restart_and_down_from_the_dashboard(deployment_dir: Path) -> None:
@@ -80,13 +82,13 @@ async def test_apply_restart_and_down_from_the_dashboard(deployment_dir: Path) -
         # Apply: pick the profile, read the plan, confirm.
         await pilot.press("a")
         await wait_until(pilot, lambda: isinstance(app.screen, ProfilesScreen), timeout_s=5, what="the profiles")
-        await wait_until(pilot, lambda: app.screen.query_one("#profiles-list").option_count == 1,  # type: ignore[attr-defined]
-                         timeout_s=10, what="the profile list")
+        profiles = app.screen.query_one("#profiles-list", OptionList)
+        await wait_until(pilot, lambda: profiles.option_count == 1, timeout_s=10, what="the profile list")
         await pilot.press("enter")
         await wait_until(pilot, lambda: isinstance(app.screen, PlanScreen) and app.screen.preview is not None,
                          timeout_s=15, what="the plan")
         actions = app.screen.query_one("#actions-table", DataTable)
-        assert [str(actions.get_cell_at((0, c))) for c in (0, 1)] == ["create", INSTANCE]
+        assert [str(actions.get_cell_at(Coordinate(0, c))) for c in (0, 1)] == ["create", INSTANCE]
         await pilot.press("a")
         await pilot.press("y")
         await wait_until(pilot, lambda: isinstance(app.screen, ProgressScreen), timeout_s=5, what="apply to start")
@@ -111,6 +113,12 @@ async def test_apply_restart_and_down_from_the_dashboard(deployment_dir: Path) -
         await wait_until(pilot, lambda: isinstance(app.screen, InstanceScreen), timeout_s=5, what="the instance")
         log = app.screen.query_one(Log)
         await wait_until(pilot, lambda: log.line_count > 0, timeout_s=10, what="log lines")
+        assert any("fallback_worker" in line for line in log.lines)
+        await pilot.press("i")
+        await wait_until(pilot, lambda: isinstance(app.screen, TextScreen), timeout_s=10, what="/info")
+        assert "sentence-transformers/all-MiniLM-L6-v2" in str(app.screen.query_one("#text-body", Static).render())
+        await pilot.press("escape")
+        assert isinstance(app.screen, InstanceScreen)
         await pilot.press("r")
         await pilot.press("n")  # a "no" changes nothing
         await pilot.pause(0.5)

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable, OptionList
+from tui_helpers import FROZEN_NOW, closed_port_url, settle, wait_until
+
+pytestmark = pytest.mark.usefixtures("cpu_only")
 
 from tei_manager.tui.app import TeiManagerApp
 from tei_manager.tui.screens.help import HelpScreen
 from tei_manager.tui.screens.overview import OverviewScreen
 from tei_manager.tui.screens.profiles import ProfilesScreen
 from tei_manager.tui.services import TuiServices
-from tui_helpers import FROZEN_NOW, closed_port_url, cpu_host, settle, wait_until
 
 
 def make_app(profiles_dir: Path) -> TeiManagerApp:
     services = TuiServices(profiles_dir=profiles_dir, backend="process", gateway_url=closed_port_url(),
-                           probe=cpu_host, clock=lambda: FROZEN_NOW)
+                           clock=lambda: FROZEN_NOW)
     return TeiManagerApp(services, refresh_interval_s=None)
 
 
@@ -27,7 +31,7 @@ async def test_question_mark_lists_the_keys_of_the_current_screen(state_dir: Pat
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         keys = app.screen.query_one("#help-keys", DataTable)
-        described = {str(keys.get_cell_at((row, 1))) for row in range(keys.row_count)}
+        described = {str(keys.get_cell_at(Coordinate(row, 1))) for row in range(keys.row_count)}
         assert {"Apply", "Refresh", "Down all", "Quit", "Help"} <= described
         await pilot.press("escape")
         assert isinstance(app.screen, OverviewScreen)

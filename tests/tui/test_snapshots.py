@@ -3,26 +3,32 @@ does not fit its GPU.
 
 Frames must not change between runs, so everything that would (the clock, ports the OS
 hands out, pids) is injected.  This host has no GPU: the "with GPUs" frames get GPU facts
-(and the status rows of instances on those GPUs, which cannot run here) handed in.  The
-rest is real: the process backend, the planner, and a metrics page rendered by the gateway's
-own GatewayMetrics and served over HTTP.
+from `probe_host` (and, for the overview, the `status` rows of instances on those GPUs, which
+cannot run here) handed in.  The rest is real: the process backend, the planner as
+`tei-manager apply` calls it, and a metrics page rendered by the gateway's own GatewayMetrics
+and served over HTTP.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 from textual.pilot import Pilot
+from tui_helpers import FROZEN_NOW, metrics_server, settle
 
+from tei_manager import orchestrator
 from tei_manager.metrics import GatewayMetrics
 from tei_manager.orchestrator import InstanceStatus
 from tei_manager.tui.app import TeiManagerApp
 from tei_manager.tui.screens.overview import OverviewScreen
 from tei_manager.tui.screens.plan import PlanScreen
 from tei_manager.tui.services import TuiServices
-from tui_helpers import FROZEN_NOW, MetricsServer, cpu_host, gpu_host, settle
+
+SnapCompare = Callable[..., bool]
 
 # Shown as the gateway URL in the "gateway not running" line; port 9 (discard) has no listener.
 NO_GATEWAY = "http://127.0.0.1:9"
@@ -83,16 +89,19 @@ def gpu_instances() -> list[InstanceStatus]:
     ]
 
 
-def test_overview_without_gpu(snap_compare, state_dir: Path, profiles_dir: Path) -> None:
+def test_overview_without_gpu(snap_compare: SnapCompare, state_dir: Path, profiles_dir: Path,
+                              cpu_only: None) -> None:
     """No GPU, nothing running, no gateway: each part says so plainly instead of showing zeros."""
     services = TuiServices(profiles_dir=profiles_dir, backend="process", gateway_url=NO_GATEWAY,
-                           probe=cpu_host, clock=lambda: FROZEN_NOW)
+                           clock=lambda: FROZEN_NOW)
     app = TeiManagerApp(services, refresh_interval_s=None)
     assert snap_compare(app, terminal_size=(80, 24), run_before=settle)
 
 
-def test_overview_with_gpus(snap_compare, state_dir: Path, profiles_dir: Path) -> None:
+def test_overview_with_gpus(snap_compare: SnapCompare, state_dir: Path, profiles_dir: Path, two_gpus: None,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
     """GPU bars, instances on them, and per-tenant rates from two scrapes two seconds apart."""
+    monkeypatch.setattr(orchestrator, "status", lambda *args, **kwargs: gpu_instances())
     (profiles_dir / "l20.yaml").write_text(L20_PROFILE)
     metrics = GatewayMetrics(CollectorRegistry(), gpu_collector=False)
     now = [FROZEN_NOW - 2.0]
@@ -111,9 +120,9 @@ def test_overview_with_gpus(snap_compare, state_dir: Path, profiles_dir: Path) -
 
     traffic(search=10, finance=5, rejected=0)
 
-    with MetricsServer(metrics.render) as gateway:
-        services = TuiServices(profiles_dir=profiles_dir, backend="process", gateway_url=gateway.url,
-                               probe=gpu_host, status=gpu_instances, clock=lambda: now[0])
+    with metrics_server(metrics.render) as gateway_url:
+        services = TuiServices(profiles_dir=profiles_dir, backend="process", gateway_url=gateway_url,
+                               clock=lambda: now[0])
         app = TeiManagerApp(services, refresh_interval_s=None)
 
         async def second_scrape(pilot: Pilot[None]) -> None:
@@ -128,12 +137,13 @@ def test_overview_with_gpus(snap_compare, state_dir: Path, profiles_dir: Path) -
         assert snap_compare(app, terminal_size=(80, 24), run_before=second_scrape)
 
 
-def test_plan_with_overcommit_error(snap_compare, state_dir: Path, profiles_dir: Path) -> None:
+def test_plan_with_overcommit_error(snap_compare: SnapCompare, state_dir: Path, profiles_dir: Path,
+                                    two_gpus: None) -> None:
     """The planner's over-commit error, with what to change, instead of a plan."""
     path = profiles_dir / "too-big.yaml"
     path.write_text(OVERCOMMIT_PROFILE)
     services = TuiServices(profiles_dir=profiles_dir, backend="process", gateway_url=NO_GATEWAY,
-                           probe=gpu_host, clock=lambda: FROZEN_NOW)
+                           clock=lambda: FROZEN_NOW)
     app = TeiManagerApp(services, refresh_interval_s=None)
 
     async def open_plan(pilot: Pilot[None]) -> None:
@@ -144,12 +154,13 @@ def test_plan_with_overcommit_error(snap_compare, state_dir: Path, profiles_dir:
     assert snap_compare(app, terminal_size=(80, 24), run_before=open_plan)
 
 
-def test_plan_with_vram_budget(snap_compare, state_dir: Path, profiles_dir: Path) -> None:
+def test_plan_with_vram_budget(snap_compare: SnapCompare, state_dir: Path, profiles_dir: Path,
+                               two_gpus: None) -> None:
     """A plan that fits: what it puts on each GPU against the budget, and what apply would create."""
     path = profiles_dir / "l20.yaml"
     path.write_text(L20_PROFILE)
     services = TuiServices(profiles_dir=profiles_dir, backend="process", gateway_url=NO_GATEWAY,
-                           probe=gpu_host, clock=lambda: FROZEN_NOW)
+                           clock=lambda: FROZEN_NOW)
     app = TeiManagerApp(services, refresh_interval_s=None)
 
     async def open_plan(pilot: Pilot[None]) -> None:

@@ -6,7 +6,10 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from textual.pilot import Pilot
 
@@ -52,7 +55,7 @@ def cpu_host() -> HostFacts:
     )
 
 
-async def wait_until(pilot: Pilot[object], condition: Callable[[], bool], *, timeout_s: float,
+async def wait_until(pilot: Pilot[Any], condition: Callable[[], bool], *, timeout_s: float,
                      what: str) -> None:
     """Let the app run until `condition` holds; fail naming `what` after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
@@ -63,7 +66,7 @@ async def wait_until(pilot: Pilot[object], condition: Callable[[], bool], *, tim
     await pilot.pause()
 
 
-async def settle(pilot: Pilot[object]) -> None:
+async def settle(pilot: Pilot[Any]) -> None:
     """Wait for every worker the screen started, then for the messages they posted."""
     await pilot.app.workers.wait_for_complete()
     await pilot.pause()
@@ -73,36 +76,32 @@ async def settle(pilot: Pilot[object]) -> None:
 
 
 
-class MetricsServer:
-    """A real HTTP server on loopback that serves a `/metrics` page, as `tei-manager serve` does.
+@contextmanager
+def metrics_server(render: Callable[[], bytes]) -> Iterator[str]:
+    """A real HTTP server on loopback serving a `/metrics` page, as `tei-manager serve` does.
 
-    The page is rendered by the gateway's own `GatewayMetrics`, so the dashboard reads exactly
-    the names and labels the gateway exports.
+    Yields its base URL.  The page comes from the gateway's own `GatewayMetrics`, so the
+    dashboard reads exactly the names and labels the gateway exports.
     """
 
-    def __init__(self, render: Callable[[], bytes]) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # the stdlib's name
+            found = self.path == "/metrics"
+            body = render() if found else b""
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-                body = render() if self.path == "/metrics" else b""
-                self.send_response(200 if self.path == "/metrics" else 404)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def log_message(self, *args: object) -> None:
+            return
 
-            def log_message(self, *args: object) -> None:
-                return
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> MetricsServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

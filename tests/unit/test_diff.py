@@ -7,9 +7,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from backend_helpers import instance, plan  # noqa: E402
+from backend_helpers import instance, plan
 
-from tei_manager.core.diff import ObservedInstance, diff  # noqa: E402
+from tei_manager.core.diff import ObservedInstance, diff
 
 
 def observed(inst, *, state="running", slot="", spec_hash=None, name=None, profile=None) -> ObservedInstance:

@@ -9,11 +9,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from backend_helpers import instance, plan  # noqa: E402
+from backend_helpers import instance, plan
 
-from tei_manager.backends.fake import FakeBackend, FakeHealthProbe  # noqa: E402
-from tei_manager.errors import ApplyError, BackendError  # noqa: E402
-from tei_manager.orchestrator import RollingBack, apply, down  # noqa: E402
+from tei_manager.backends.fake import FakeBackend, FakeHealthProbe
+from tei_manager.errors import ApplyError, BackendError
+from tei_manager.orchestrator import RollingBack, apply, down
 
 
 class FakeClock:
@@ -140,3 +140,19 @@ def test_down_removes_every_slot_of_the_profile_only(fake):
     fake.create(instance("a", port=1), slot="next")
     assert sorted(down("p", fake)) == ["a", "a (next)"]
     assert [o.profile for o in fake.list()] == ["other"]
+
+
+def test_one_change_at_a_time_per_profile(fake):
+    from tei_manager.state import profile_lock
+    from tei_manager.supervisor import Supervisor
+
+    p = plan(instance("a", port=1))
+    with profile_lock("p", purpose="apply from another terminal"):
+        with pytest.raises(BackendError) as err:
+            run(fake, p)
+        assert "another tei-manager" in err.value.what and "apply from another terminal" in err.value.what
+        # The supervisor sits the round out instead of "healing" an instance being replaced.
+        assert Supervisor(fake, p, probe=FakeHealthProbe(fake)).tick() is False
+    assert fake.list() == []
+    run(fake, p)
+    assert Supervisor(fake, p, probe=FakeHealthProbe(fake)).tick() is True

@@ -9,11 +9,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from backend_helpers import instance, plan  # noqa: E402
+from backend_helpers import instance, plan
 
-from tei_manager.backends.fake import FakeBackend, FakeHealthProbe  # noqa: E402
-from tei_manager.health import BackoffPolicy, HealthTracker  # noqa: E402
-from tei_manager.supervisor import Supervisor  # noqa: E402
+from tei_manager.backends.fake import FakeBackend, FakeHealthProbe
+from tei_manager.health import BackoffPolicy, HealthTracker
+from tei_manager.supervisor import Supervisor
 
 
 class FakeClock:
@@ -60,7 +60,7 @@ def test_healthy_instance_is_left_alone(rig):
 
 
 def test_restart_only_after_threshold_of_failed_probes(rig):
-    fake, clock, sup, events = rig
+    fake, _clock, sup, events = rig
     sup.tick()  # healthy
     fake.unhealthy.add("a")
     sup.tick()
@@ -129,7 +129,7 @@ def test_streak_resets_after_staying_healthy(rig):
 
 
 def test_missing_instance_is_recreated_from_the_plan(rig):
-    fake, clock, sup, events = rig
+    fake, _clock, sup, events = rig
     fake.remove(fake.live("a"))
     sup.tick()
     assert kinds(events)[-3:] == ["missing", "restarting", "restarted"]
@@ -153,7 +153,7 @@ def test_failed_restart_is_reported_backs_off_and_is_not_counted(rig):
 
 
 def test_drifted_instance_is_left_to_apply(rig):
-    fake, clock, sup, events = rig
+    fake, _clock, sup, events = rig
     sup.plan = plan(instance("a", port=1, tokens=1))  # the profile changed; apply has not run
     fake.kill("a")
     sup.tick()
@@ -164,7 +164,7 @@ def test_drifted_instance_is_left_to_apply(rig):
 def test_restarts_are_recorded_for_status(rig, tmp_path):
     from tei_manager.state import supervisor_restarts
 
-    fake, clock, sup, events = rig
+    fake, _clock, sup, _events = rig
     fake.kill("a")
     sup.tick()
     assert supervisor_restarts("p") == {"a": 1}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Label, Static
@@ -12,7 +14,7 @@ from tei_manager.tui.widgets.cells import plain
 
 
 class HelpScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q,question_mark", "dismiss", "Close")]
 
     def __init__(self, screen: Screen[object]) -> None:
         super().__init__()
@@ -32,7 +34,7 @@ class HelpScreen(ModalScreen[None]):
             dialog.border_title = "Help"
             if self._about:
                 yield Static(self._about, markup=False, id="help-about")
-            table: DataTable[str] = DataTable(cursor_type="none", show_cursor=False, id="help-keys")
+            table: DataTable[object] = DataTable(cursor_type="none", show_cursor=False, id="help-keys")
             table.add_columns("Key", "Does")
             for key, description in self._keys.items():
                 table.add_row(plain(key), plain(description))

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Log, Static
 
 from tei_manager.errors import TeiManagerError
-from tei_manager.tui.messages import ActionDone, InstanceInfo, InstancesObserved, LogLines
 from tei_manager.orchestrator import InstanceStatus
-
-if TYPE_CHECKING:
-    from tei_manager.tui.app import TeiManagerApp
+from tei_manager.tui.messages import ActionDone, InstanceInfo, InstancesObserved, LogLines
+from tei_manager.tui.screens.base import TuiScreen
 
 LOG_TAIL = 200
 LOG_POLL_S = 1.0
@@ -30,12 +27,12 @@ def describe(row: InstanceStatus) -> str:
     )
 
 
-class InstanceScreen(Screen[None]):
+class InstanceScreen(TuiScreen):
     HELP = (
         "The log follows the instance. Restart and stop ask first; a stopped instance comes\n"
         "back with the next apply. i shows the instance's own /info."
     )
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("r", "restart", "Restart"),
         Binding("s", "stop", "Stop"),
         Binding("i", "info", "/info"),
@@ -46,10 +43,6 @@ class InstanceScreen(Screen[None]):
         super().__init__()
         self.view = view
         self._lines: list[str] = []
-
-    @property
-    def tui(self) -> TeiManagerApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)

@@ -2,39 +2,35 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from tei_manager.errors import TeiManagerError
+from tei_manager.orchestrator import InstanceStatus
 from tei_manager.tui.gateway_stats import GatewayStats
 from tei_manager.tui.messages import ActionDone, GatewayScraped, HostProbed, InstancesObserved
-from tei_manager.orchestrator import InstanceStatus
+from tei_manager.tui.screens.base import TuiScreen
 from tei_manager.tui.services import GatewayUnavailable
 from tei_manager.tui.widgets.gpu_panel import GpuPanel
 from tei_manager.tui.widgets.instances_table import InstancesTable
 from tei_manager.tui.widgets.tenants_table import TenantsPanel
 
-if TYPE_CHECKING:
-    from tei_manager.tui.app import TeiManagerApp
 
-
-class OverviewScreen(Screen[None]):
+class OverviewScreen(TuiScreen):
     """Start here: what the host has, what runs on it, and who sends traffic."""
 
     HELP = (
         "The overview refreshes by itself every few seconds.\n"
-        "Select an instance and press Enter for its log, restart, stop and /info.\n"
+        "Pick an instance and press Enter for its log, restart, stop and /info.\n"
         "Press a to apply a profile, d to bring every instance down."
     )
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("a", "apply", "Apply"),
-        Binding("enter", "open_instance", "Instance", show=True),
         Binding("r", "refresh", "Refresh"),
         Binding("d", "down", "Down all"),
     ]
@@ -43,10 +39,6 @@ class OverviewScreen(Screen[None]):
         super().__init__()
         self._instances: list[InstanceStatus] = []
         self._gateway: GatewayStats | None = None
-
-    @property
-    def tui(self) -> TeiManagerApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
@@ -64,10 +56,17 @@ class OverviewScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one(InstancesTable).focus()
-        self.action_refresh()
         interval = self.tui.refresh_interval_s
         if interval:
-            self.set_interval(interval, self.action_refresh)
+            self.set_interval(interval, self._tick)
+
+    def on_screen_resume(self) -> None:
+        self.action_refresh()  # on start, and on coming back from another screen: fresh at once
+
+    def _tick(self) -> None:
+        # Only while visible: the screens above poll what they show themselves.
+        if self.is_current:
+            self.action_refresh()
 
     # -- workers: one per source so a slow engine never holds up the GPU bars ---------------
     def action_refresh(self) -> None:
@@ -123,20 +122,15 @@ class OverviewScreen(Screen[None]):
         table.show(self._instances, self.tui.services.now(), traffic)
 
     # -- actions ------------------------------------------------------------------------------
-    def _selected(self) -> InstanceStatus | None:
-        name = self.query_one(InstancesTable).selected_name
-        return next((v for v in self._instances if v.name == name), None)
-
-    def action_open_instance(self) -> None:
-        view = self._selected()
-        if view is not None:
-            from tei_manager.tui.screens.instance import InstanceScreen
-
-            self.app.push_screen(InstanceScreen(view))
-
     @on(DataTable.RowSelected, "#instances-table")
-    def _row_selected(self) -> None:
-        self.action_open_instance()
+    def _open_instance(self) -> None:
+        """Enter (or a click) on a row opens that instance."""
+        from tei_manager.tui.screens.instance import InstanceScreen
+
+        name = self.query_one(InstancesTable).selected_name
+        row = next((r for r in self._instances if r.name == name), None)
+        if row is not None:
+            self.app.push_screen(InstanceScreen(row))
 
     def action_apply(self) -> None:
         from tei_manager.tui.screens.profiles import ProfilesScreen
@@ -149,7 +143,7 @@ class OverviewScreen(Screen[None]):
         if not self._instances:
             self.notify("nothing runs", severity="information")
             return
-        profiles = sorted({v.profile for v in self._instances})
+        profiles = sorted({r.profile for r in self._instances})
         question = f"Stop and remove every instance of {', '.join(profiles)}? The shared model cache stays."
 
         def confirmed(yes: bool | None) -> None:

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from tei_manager.tui.messages import PlanPrepared
+from tei_manager.tui.screens.base import TuiScreen
 from tei_manager.tui.services import PlanPreview
 from tei_manager.tui.widgets.actions_table import ActionsTable
 from tei_manager.tui.widgets.budget import BudgetView
-
-if TYPE_CHECKING:
-    from tei_manager.tui.app import TeiManagerApp
 
 
 def summary(preview: PlanPreview) -> str:
@@ -30,12 +27,12 @@ def summary(preview: PlanPreview) -> str:
     return " · ".join(parts) + ("" if changes else "  (nothing to change)")
 
 
-class PlanScreen(Screen[None]):
+class PlanScreen(TuiScreen):
     HELP = (
         "Nothing has changed yet. The budget shows what the plan puts on each GPU; the table\n"
         "shows what apply would do to each instance. Press a to apply (you confirm first)."
     )
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("a", "apply", "Apply"),
         Binding("r", "replan", "Re-plan"),
         Binding("escape", "app.back", "Back"),
@@ -45,10 +42,6 @@ class PlanScreen(Screen[None]):
         super().__init__()
         self.source = source
         self.preview: PlanPreview | None = None
-
-    @property
-    def tui(self) -> TeiManagerApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.content import Content
-from textual.screen import Screen
 from textual.widgets import Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tei_manager.tui.messages import ProfilesListed
+from tei_manager.tui.screens.base import TuiScreen
 from tei_manager.tui.services import ProfileEntry
 
-if TYPE_CHECKING:
-    from tei_manager.tui.app import TeiManagerApp
 
-
-class ProfilesScreen(Screen[None]):
+class ProfilesScreen(TuiScreen):
     HELP = "Pick the profile to apply; the next screen shows its plan and changes nothing yet."
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.back", "Back"),
         Binding("r", "reload", "Reload"),
     ]
@@ -30,10 +27,6 @@ class ProfilesScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self._entries: list[ProfileEntry] = []
-
-    @property
-    def tui(self) -> TeiManagerApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, RichLog, Static
 
 from tei_manager.core.diff import Action
@@ -16,21 +15,19 @@ from tei_manager.core.plan import Plan
 from tei_manager.errors import TeiManagerError
 from tei_manager.orchestrator import Event
 from tei_manager.tui.messages import ApplyCompleted, ApplyProgressed
+from tei_manager.tui.screens.base import TuiScreen
 from tei_manager.tui.services import ProgressLine, describe_event
 from tei_manager.tui.widgets.cells import plain, styled
-
-if TYPE_CHECKING:
-    from tei_manager.tui.app import TeiManagerApp
 
 _STAGE_STYLE = {"healthy": "$success", "done": "$success", "kept": "dim", "removed": "dim"}
 
 
-class ProgressScreen(Screen[None]):
+class ProgressScreen(TuiScreen):
     HELP = (
         "Apply is running: each row is one instance. A failure shows its cause here and in the\n"
         "log below; what ran before is restored by the orchestrator. Esc returns once it is done."
     )
-    BINDINGS = [Binding("escape", "leave", "Overview")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "leave", "Overview")]
 
     def __init__(self, plan: Plan, actions: tuple[Action, ...]) -> None:
         super().__init__()
@@ -41,10 +38,6 @@ class ProgressScreen(Screen[None]):
         # What the event log last said per instance: waiting events arrive every second and
         # only a new stage or a new log line from the instance is worth a line.
         self._logged: dict[str | None, tuple[str, str]] = {}
-
-    @property
-    def tui(self) -> TeiManagerApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
@@ -117,7 +110,7 @@ class ProgressScreen(Screen[None]):
             result.update(f"✗ apply failed: {text}")
             self.query_one(RichLog).write(f"apply failed: {text}")
             table = self.query_one("#progress-table", DataTable)
-            if error is not None and error.where in table.rows:
+            if error is not None and error.where is not None and error.where in table.rows:
                 # The instance the error names gets the cause in its own row.
                 table.update_cell(error.where, "stage", styled(self, "failed", "$error"), update_width=True)
                 table.update_cell(error.where, "detail", plain(error.what.splitlines()[0]), update_width=True)

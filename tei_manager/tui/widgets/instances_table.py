@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import ClassVar
 
-from rich.text import Text
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 
+from tei_manager.orchestrator import InstanceStatus
 from tei_manager.tui import formatting as fmt
 from tei_manager.tui.gateway_stats import InstanceTraffic
 from tei_manager.tui.widgets.cells import clip, plain, styled
-from tei_manager.orchestrator import InstanceStatus
 
 # What tells a problem apart comes first: at 80 columns Tenant, Model and Runtime are one
 # scroll to the right (→), on wider terminals everything is visible.  "Rst" = restarts.
@@ -37,7 +37,7 @@ class InstancesTable(DataTable[object]):
     """Rows are `status` rows merged with the gateway's per-instance traffic."""
 
     # DataTable's own Enter binding is hidden; this one says in the footer what Enter does.
-    BINDINGS = [Binding("enter", "select_cursor", "Instance")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "select_cursor", "Instance")]
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
