@@ -24,8 +24,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the worker's own default;
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from worker_loadgen import openai_body, run_load  # noqa: E402
-from worker_vs_infinity import corpus, free_port, start_worker, stop, wait_ready  # noqa: E402
+from worker_loadgen import openai_body, run_load
+from worker_vs_infinity import corpus, free_port, start_worker, stop, wait_ready
 
 
 def ceiling(model: str, texts: list[str], seconds: float) -> tuple[dict[int, float], float]:
@@ -51,7 +51,7 @@ def ceiling(model: str, texts: list[str], seconds: float) -> tuple[dict[int, flo
     return rates, float(cos.min())
 
 
-def rerank_body(texts: list[str], batch: int):  # noqa: ANN201
+def rerank_body(texts: list[str], batch: int):
     def make(i: int) -> tuple[bytes, int]:
         start = (i * batch) % len(texts)
         chunk = [texts[(start + k) % len(texts)] for k in range(batch)]

@@ -1,11 +1,13 @@
 """Admission permits, one queue, and length-sorted dynamic batches run on a dedicated forward thread.
 
 Flow: a handler takes one permit per input (TEI 1.9: none free means 429 at once), tokenizes in a
-thread pool, then submits one Job per input. The forward thread takes everything queued, sorts it
-by length (so each padded batch wastes little), cuts it into batches within --max-batch-tokens
-(padded: longest x count) and --max-batch-requests, and runs them in order. Taking the whole queue
-as one snapshot keeps it fair: a long input waits at most one snapshot, never behind newcomers.
-Jobs whose client went away are dropped before their batch runs.
+thread pool, then submits one Job per input. The forward thread takes a window from the head of
+the queue (FIFO), sorts it by length (so each padded batch wastes little), cuts it into batches
+within --max-batch-tokens (padded: longest x count) and --max-batch-requests, and runs them in
+order. Windows keep it fair: an input waits for the windows ahead of it, never behind newcomers.
+The window is a few batches long when batches are capped: long enough for sorting to pay, short
+enough that a request's inputs (which arrive together) finish together instead of being spread
+over one huge sorted pass. Jobs whose client went away are dropped before their batch runs.
 """
 
 from __future__ import annotations
@@ -14,14 +16,18 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .engine import Engine
 from .metrics import Metrics
 from .tokenization import Encoded
 
 log = logging.getLogger("fallback_worker.batcher")
+
+
+WINDOW_BATCHES = 8
 
 
 class Permits:
@@ -103,6 +109,8 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.forward_passes = 0
+        # Inputs per sorted window; None (no batch cap, e.g. on GPU) sorts everything queued.
+        self.window = None if max_batch_requests is None else WINDOW_BATCHES * max_batch_requests
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -135,7 +143,7 @@ class Batcher:
             with self._model_lock:  # never concurrently with a batch on the forward thread
                 self.engine.health()
             self.healthy = True
-        except Exception:  # noqa: BLE001 - any failure means still unhealthy
+        except Exception:
             log.exception("health forward pass failed")
         return self.healthy
 
@@ -148,7 +156,8 @@ class Batcher:
                     self._cond.wait()
                 if not self._queue and self._stop:
                     return
-                snapshot, self._queue = self._queue, []
+                take = len(self._queue) if self.window is None else self.window
+                snapshot, self._queue = self._queue[:take], self._queue[take:]
             for batch in plan_batches(snapshot, self.max_batch_tokens, self.max_batch_requests):
                 self._run_batch(batch)
             with self._cond:
@@ -172,7 +181,7 @@ class Batcher:
                 results = self.engine.run(live[0].task, [j.encoded for j in live])
             self.forward_passes += 1
             error: BaseException | None = None
-        except Exception as exc:  # noqa: BLE001 - reported to every waiting client as a Backend error
+        except Exception as exc:
             log.exception("forward pass failed")
             self.healthy = False
             error, results = exc, []

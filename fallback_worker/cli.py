@@ -15,7 +15,8 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .config import WorkerConfig
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ def resolve_model_dir(model_id: str, revision: str | None, cache_dir: str | None
                 allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "sparse_linear.pt", "1_Pooling/*"],
             )
         )
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - hub errors come in many types; all mean "cannot start"
         raise StartupError(
             f"could not get model {model_id!r} (revision {revision or 'main'}): {exc}. "
             "Pass a local directory with --model-id, or make the hub reachable."
@@ -148,13 +149,17 @@ class Engine:
         max_batch_tokens: int = 16384,
         auto_truncate: bool = True,
         device: str | None = None,
-    ) -> "Engine":
-        from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+    ) -> Engine:
+        from transformers import (
+            AutoConfig,
+            AutoModel,
+            AutoModelForSequenceClassification,
+        )
 
         model_dir = resolve_model_dir(model_id, revision, cache_dir, token)
         try:
             config = AutoConfig.from_pretrained(model_dir)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure here is a startup error with a message
             raise StartupError(f"{model_dir}: cannot read config.json: {exc}") from None
         if not (model_dir / "tokenizer.json").is_file():
             raise StartupError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required, as in TEI)")
@@ -198,7 +203,7 @@ class Engine:
 
         try:
             model = auto_cls.from_pretrained(model_dir, dtype=DTYPES[dtype])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure here is a startup error with a message
             raise StartupError(f"{model_dir}: cannot load the weights: {exc}") from None
         model = model.to(device).eval()
 

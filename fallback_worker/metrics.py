@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def _labels(pairs: tuple[tuple[str, str], ...]) -> str:

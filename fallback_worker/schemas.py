@@ -8,8 +8,9 @@ dimensions) belong to the handlers, because TEI reports those as JSON errors.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from .errors import BodyError
 from .tokenization import TextInput

@@ -7,15 +7,15 @@ is only read afterwards, which is safe from any number of threads.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
 
 from tokenizers import Encoding, Tokenizer
 
 from .errors import EmptyError, TokenizerError, ValidationError
 
 # One input: text, a (query, text) pair, or token ids the client already has.
-TextInput = Union[str, tuple[str, str], list[int]]
+TextInput = str | tuple[str, str] | list[int]
 
 
 @dataclass(slots=True)
@@ -61,7 +61,7 @@ class TextTokenizer:
         tokenizer = self._truncating[direction] if truncate else self._plain
         try:
             encodings: list[Encoding] = tokenizer.encode_batch(texts, add_special_tokens=True) if texts else []
-        except Exception as exc:  # the Rust side reports bad input as a plain Exception
+        except Exception as exc:  # noqa: BLE001 - the Rust side reports bad input as a plain Exception
             raise TokenizerError(str(exc)) from None
         out: list[Encoded] = []
         it = iter(encodings)
@@ -118,5 +118,5 @@ class TextTokenizer:
     def decode(self, ids: Sequence[Sequence[int]], *, skip_special_tokens: bool) -> list[str]:
         try:
             return self._plain.decode_batch([list(x) for x in ids], skip_special_tokens=skip_special_tokens)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - as above: tokenizers raises plain Exceptions
             raise TokenizerError(str(exc)) from None

@@ -4,7 +4,8 @@
 Used by scripts/build-worker-image.sh; run it with the Python whose site-packages holds the
 project's `[worker]` extra (torch, transformers, ...). It never copies the big files itself:
 
-    worker_rootfs.py hash                 print the content hash that names an image build
+    worker_rootfs.py hash                 print the base image's hash, the final image's hash
+                                          (base + worker sources) and the site-packages path
     worker_rootfs.py layout STAGING_DIR   write the small generated files under STAGING_DIR and
                                           two NUL-separated lists for GNU tar:
                                           STAGING_DIR.host.list (paths relative to /) and
@@ -13,9 +14,10 @@ project's `[worker]` extra (torch, transformers, ...). It never copies the big f
 What goes in: the Python prefix's interpreter and standard library (without its tests, IDLE,
 tkinter, headers and static library), the distributions the `[worker]` extra needs (closure of
 their requirements, read from the installed metadata), the shared libraries all of that links
-against (resolved with ldd), dash as /bin/sh, the repository's `fallback_worker` package, a
-`tei-fallback-worker` launcher, a health-check script, /etc/passwd with the unprivileged `worker`
-user (uid 10001), a writable HOME and /tmp.
+against (resolved with ldd), dash as /bin/sh, a `tei-fallback-worker` launcher, a health-check
+script, /etc/passwd with the unprivileged `worker` user (uid 10001), a writable HOME and /tmp.
+The repository's `fallback_worker` package is not part of it: build-worker-image.sh adds it as a
+thin layer on top, so a change to the worker's code rebuilds only that layer.
 """
 
 from __future__ import annotations
@@ -227,15 +229,24 @@ def worker_sources() -> list[Path]:
     return sorted(p for p in pkg.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
 
 
-def content_hash() -> str:
+def base_hash() -> str:
+    """Names the base image: interpreter, distributions, layout and the build scripts."""
     h = hashlib.sha256()
-    h.update(f"layout={LAYOUT_VERSION}\npython={sys.version}\nprefix={PREFIX}\n".encode())
+    h.update(f"layout={LAYOUT_VERSION}\npython={sys.version}\nprefix={PREFIX}\nsite={PURELIB}\n".encode())
     for dist in distribution_closure():
         h.update(f"dist={canonicalize_name(dist.metadata['Name'])}=={dist.version}\n".encode())
     h.update(f"entry={worker_entry_point()}\n".encode())
     here = Path(__file__).resolve().parent
-    inputs = [here / "worker_rootfs.py", here / "build-worker-image.sh", REPO / "docker" / "healthcheck.py"]
-    for path in inputs + worker_sources():
+    for path in (here / "worker_rootfs.py", here / "build-worker-image.sh", REPO / "docker" / "healthcheck.py"):
+        h.update(f"file={path.relative_to(REPO)}\n".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def content_hash(base: str) -> str:
+    """Names the final image: the base plus the worker's sources."""
+    h = hashlib.sha256(f"base={base}\n".encode())
+    for path in worker_sources():
         h.update(f"file={path.relative_to(REPO)}\n".encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -294,13 +305,7 @@ def layout(staging: Path) -> None:
         for m in unique[:10]:
             print(f"  {m}", file=sys.stderr)
 
-    # ---- generated files
-    site_rel = PURELIB.relative_to("/")
-    shutil.copytree(
-        REPO / WORKER_PACKAGE,
-        staging / site_rel / WORKER_PACKAGE,
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-    )
+    # ---- generated files (the worker package itself is added on top, as a layer of its own)
     if PURELIB != BASE_PURELIB:  # a virtual environment: let the base interpreter see its packages
         write(staging / BASE_PURELIB.relative_to("/") / "tei-worker-venv.pth", f"{PURELIB}\n")
     module, func = worker_entry_point().split(":")
@@ -351,7 +356,8 @@ def layout(staging: Path) -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) == 2 and argv[1] == "hash":
-        print(content_hash())
+        base = base_hash()
+        print(base, content_hash(base), PURELIB)
     elif len(argv) == 3 and argv[1] == "layout":
         layout(Path(argv[2]).absolute())
     else:

@@ -392,14 +392,14 @@ def _apply(plan: Plan, backend: Backend, *, on_event: EventSink | None, timeout_
     _emit(on_event, ActionsPlanned(plan.profile, actions))
     changed = any(a.changes_something for a in actions)
     if changed:
-        # Leftover copies of an interrupted apply are garbage: clear them before anything else so
-        # their names and ports are free.
         leftovers = [a for a in actions if a.kind == "remove" and a.observed is not None and a.observed.slot]
+        work = [a for a in actions if a not in leftovers]
+        _preflight(work, observed, backend, on_event, check_ports=check_ports)
+        # Copies left by an interrupted apply are garbage: clear them first so their names and
+        # ports are free.
         for action in leftovers:
             _emit(on_event, InstanceStep(action.name, "removing", action.reason))
             backend.remove(action.observed)  # type: ignore[arg-type]
-        work = [a for a in actions if a not in leftovers]
-        _preflight(work, observed, backend, on_event, check_ports=check_ports)
         journal = _Journal(backend, on_event, probe)
         # Removals first: a deployment renamed in the profile may reuse the port of the old name.
         ordered = [a for a in work if a.kind == "remove"] + [a for a in work if a.kind in ("create", "replace")]

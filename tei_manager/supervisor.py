@@ -172,6 +172,8 @@ class Supervisor:
                 self.tick()
             except BackendError as exc:
                 self._emit("*", "restart-failed", f"probe round failed: {exc.render()}")
+            except Exception as exc:  # an engine hiccup (connection reset) must not end supervision
+                self._emit("*", "restart-failed", f"probe round failed: {type(exc).__name__}: {exc}")
             stop.wait(interval_s)
 
     def snapshot(self) -> list[InstanceHealth]:

@@ -254,8 +254,11 @@ class DockerBackend(Backend):
         except self._errors.APIError as exc:
             message = str(exc.explanation or exc)
             plan = obs.plan
+            gpu = plan.gpu if plan else "?"
+            if re.search(r"unknown device|invalid device|device .* not found", message, re.IGNORECASE):
+                raise BackendError(f"GPU {gpu} is not on this host ({message})", where=obs.name,
+                                   fix="check `nvidia-smi -L` and the deployment's `placement`") from exc
             if _GPU_ERROR.search(message):
-                gpu = plan.gpu if plan else "?"
                 raise BackendError(
                     f"GPU {gpu} requested but this Docker Engine has no NVIDIA runtime ({message})",
                     where=obs.name,

@@ -52,7 +52,8 @@ for module in (plan_cmds, apply_cmds, serve_cmd, tui_cmd):
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: user errors print without a traceback and set the exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        # With standalone_mode off, click returns a command's exit code instead of exiting.
+        result = app(args=argv, standalone_mode=False)
     except TeiManagerError as exc:
         report_error(exc)
         return exc.exit_code
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except _CLICK_ERRORS as exc:  # usage errors carry their own exit code and message
         exc.show()
         return exc.exit_code
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,12 +16,12 @@ from tei_manager.cli import watch_cmd
 from tei_manager.cli.live import live_plan, profile_name
 from tei_manager.cli.output import console, err_console
 from tei_manager.cli.render import ApplyRenderer, print_table, status_json, status_table
-from tei_manager.cli.watch_cmd import _choice
+from tei_manager.cli.watch_cmd import backend_choice
 from tei_manager.errors import BackendError, TeiManagerError
 from tei_manager.orchestrator import DEFAULT_TIMEOUT_S, InstanceStep, apply, down, status
 
 BACKEND_HELP = "auto (Docker when it answers, else local processes), docker or process."
-BackendOpt = typer.Option("auto", "--backend", help=BACKEND_HELP, callback=_choice)
+BackendOpt = typer.Option("auto", "--backend", help=BACKEND_HELP, callback=backend_choice)
 DockerUrlOpt = typer.Option(None, "--docker-url", envvar="DOCKER_HOST",
                             help="Docker Engine address, e.g. unix:///var/run/docker.sock.")
 
@@ -42,7 +42,7 @@ def apply_cmd(
     from tei_manager.profiles import load_profile
 
     name = load_profile(profile).name
-    engine = backend_for_apply(_choice(backend), name, docker_url)
+    engine = backend_for_apply(backend_choice(backend), name, docker_url)
     try:
         plan = live_plan(profile, engine, docker_url)
         for warning in plan.warnings:
@@ -70,7 +70,7 @@ def down_cmd(
 ) -> None:
     """Stop and remove every instance the profile created (the shared model cache is kept)."""
     name = profile_name(profile)
-    engines = backends_for_reading(_choice(backend), docker_url)
+    engines = backends_for_reading(backend_choice(backend), docker_url)
     try:
         removed: list[str] = []
         containers = False
@@ -102,7 +102,7 @@ def status_cmd(
 ) -> None:
     """Instances with health, uptime, restarts, address and GPU memory."""
     name = profile_name(profile) if profile else None
-    engines = backends_for_reading(_choice(backend), docker_url)
+    engines = backends_for_reading(backend_choice(backend), docker_url)
     try:
         rows = status(engines, name)
     finally:
@@ -127,7 +127,7 @@ def logs_cmd(
 ) -> None:
     """Print an instance's logs (the runtime's stdout and stderr)."""
     name = profile_name(profile) if profile else None
-    engines = backends_for_reading(_choice(backend), docker_url)
+    engines = backends_for_reading(backend_choice(backend), docker_url)
     try:
         matches = [(e, o) for e in engines for o in e.list(name) if o.name == instance and not o.slot]
         if not matches:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 
 from tei_manager.errors import TeiManagerError
 
@@ -12,4 +13,4 @@ err_console = Console(stderr=True)
 
 def report_error(exc: TeiManagerError) -> None:
     """Print a user-facing error: what, where and how to fix it; never a traceback."""
-    err_console.print(f"[bold red]error:[/] {exc.render()}", highlight=False, markup=True, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False, markup=True, soft_wrap=True)

@@ -33,7 +33,7 @@ def watch_cmd(
     from tei_manager.health import BackoffPolicy
     from tei_manager.profiles import load_profile
 
-    choice: BackendChoice = _choice(backend)
+    choice: BackendChoice = backend_choice(backend)
     engine = backend_for_apply(choice, load_profile(profile).name, docker_url)
     try:
         plan = live_plan(profile, engine, docker_url)
@@ -49,7 +49,7 @@ def watch_cmd(
         engine.close()
 
 
-def _choice(value: str) -> BackendChoice:
+def backend_choice(value: str) -> BackendChoice:
     lowered = value.lower()
     if lowered not in ("auto", "docker", "process"):
         raise typer.BadParameter("choose auto, docker or process", param_hint="--backend")

@@ -3,7 +3,7 @@
 Counters only ever grow, so "requests per second" and "p99 latency right now" come from the
 difference between the previous scrape and this one; the first scrape has no rates yet.
 Parsing is prometheus_client's own text parser; this module only picks the families the
-gateway exports (names in `MetricNames`) and does the arithmetic.  No I/O here.
+gateway exports (`tei_manager.metrics` owns their names) and does the arithmetic.  No I/O here.
 """
 
 from __future__ import annotations
@@ -15,19 +15,12 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tei_manager.metrics import PREFIX
 
-@dataclass(frozen=True)
-class MetricNames:
-    """Family names as the parser reports them (counters without their `_total` suffix)."""
-
-    requests: str = "tei_manager_gateway_requests"
-    latency: str = "tei_manager_gateway_request_duration_seconds"
-    rejections: str = "tei_manager_gateway_rejections"
-    instance_up: str = "tei_manager_gateway_instance_up"
-    instance_restarts: str = "tei_manager_gateway_instance_restarts"
-
-
-NAMES = MetricNames()
+# Family names as the parser reports them (counters without their `_total` suffix).
+REQUESTS = f"{PREFIX}_requests"
+LATENCY = f"{PREFIX}_request_duration_seconds"
+REJECTIONS = f"{PREFIX}_rejections"
 
 
 @dataclass
@@ -46,8 +39,6 @@ class Scrape:
     at: float
     tenants: Mapping[str, _Series]
     instances: Mapping[str, _Series]
-    up: Mapping[str, bool]
-    restarts: Mapping[str, int]
 
 
 @dataclass(frozen=True)
@@ -62,10 +53,10 @@ class TenantRow:
 
 @dataclass(frozen=True)
 class InstanceTraffic:
+    """Requests the gateway routed to one instance (health and restarts come from `status`)."""
+
     qps: float | None
     p99_s: float | None
-    up: bool | None
-    restarts: int | None
 
 
 @dataclass(frozen=True)
@@ -74,36 +65,30 @@ class GatewayStats:
     instances: Mapping[str, InstanceTraffic]
 
 
-def parse(text: str, *, at: float, names: MetricNames = NAMES) -> Scrape:
+def parse(text: str, *, at: float) -> Scrape:
     """Reduce a Prometheus text page to per-tenant and per-instance cumulative series."""
     tenants: dict[str, _Series] = defaultdict(_Series)
     instances: dict[str, _Series] = defaultdict(_Series)
-    up: dict[str, bool] = {}
-    restarts: dict[str, int] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = sample.labels
             tenant = labels.get("tenant")
             instance = labels.get("instance")
-            if family.name == names.requests and sample.name.endswith("_total"):
+            if family.name == REQUESTS and sample.name.endswith("_total"):
                 if tenant is not None:
                     tenants[tenant].requests += sample.value
                 if instance:
                     instances[instance].requests += sample.value
-            elif family.name == names.rejections and sample.name.endswith("_total"):
+            elif family.name == REJECTIONS and sample.name.endswith("_total"):
                 if tenant is not None:
                     tenants[tenant].rejections += sample.value
-            elif family.name == names.latency and sample.name.endswith("_bucket"):
+            elif family.name == LATENCY and sample.name.endswith("_bucket"):
                 bound = float(labels["le"])
                 for key, table in ((tenant, tenants), (instance, instances)):
                     if key:
                         buckets = table[key].buckets
                         buckets[bound] = buckets.get(bound, 0.0) + sample.value
-            elif family.name == names.instance_up and instance:
-                up[instance] = sample.value >= 1
-            elif family.name == names.instance_restarts and instance and sample.name.endswith("_total"):
-                restarts[instance] = restarts.get(instance, 0) + int(sample.value)
-    return Scrape(at=at, tenants=dict(tenants), instances=dict(instances), up=up, restarts=restarts)
+    return Scrape(at=at, tenants=dict(tenants), instances=dict(instances))
 
 
 def quantile(buckets: Mapping[float, float], q: float) -> float | None:
@@ -174,13 +159,7 @@ def compare(
             )
         )
     traffic = {}
-    for name in sorted(set(current.instances) | set(current.up) | set(current.restarts)):
-        now = current.instances.get(name, _Series())
+    for name, now in sorted(current.instances.items()):
         win = _window(now, previous.instances.get(name) if previous else None)
-        traffic[name] = InstanceTraffic(
-            qps=per_second(win.requests),
-            p99_s=quantile(win.buckets, 0.99),
-            up=current.up.get(name),
-            restarts=current.restarts.get(name),
-        )
+        traffic[name] = InstanceTraffic(qps=per_second(win.requests), p99_s=quantile(win.buckets, 0.99))
     return GatewayStats(tenants=tuple(rows), instances=traffic)

@@ -50,7 +50,6 @@ class ProfileEntry:
 class PlanPreview:
     """What the plan screen shows before anything runs: the plan and its diff, or why not."""
 
-    source: Path
     plan: Plan | None
     actions: tuple[Action, ...] = ()
     error: TeiManagerError | None = None
@@ -184,8 +183,8 @@ class TuiServices:
             finally:
                 backend.close()
         except TeiManagerError as exc:
-            return PlanPreview(source=path, plan=None, error=exc)
-        return PlanPreview(source=path, plan=plan, actions=actions)
+            return PlanPreview(plan=None, error=exc)
+        return PlanPreview(plan=plan, actions=actions)
 
     # -- running things --------------------------------------------------------------------
     def apply(self, plan: Plan, on_event: orchestrator.EventSink) -> orchestrator.ApplyResult:

@@ -160,6 +160,10 @@ def test_status_reports_each_instance(deployment: Deployment) -> None:
     assert finance.address == f"127.0.0.1:{deployment.port('finance-embed')}"
     assert finance.restarts == 0 and finance.uptime_s() > 0
     assert finance.gpu_memory_mib is None  # no NVIDIA driver on this engine
+    # The host pids GPU memory is matched against include the container's main process.
+    (obs,) = [o for o in deployment.backend.list(deployment.name) if o.name == "finance-embed"]
+    main_pid = deployment.container("finance-embed").attrs["State"]["Pid"]
+    assert main_pid in deployment.backend.pids(obs)
 
 
 def test_changed_tuning_replaces_only_that_instance(deployment: Deployment) -> None:

@@ -65,6 +65,8 @@ def test_quickstart_comes_up_answers_and_goes_down(profile_name: str, tmp_path: 
     assert all(pid and Path(f"/proc/{pid}").exists() for pid in pids)
     # Each worker leads its own session, so it outlives the CLI that started it.
     assert all(os.getsid(pid) == pid for pid in pids)
+    for obs in ProcessBackend().list(profile_name):
+        assert obs.pid in ProcessBackend().pids(obs)
 
     started = time.monotonic()
     assert main(["apply", str(path), "--backend", "process"]) == 0

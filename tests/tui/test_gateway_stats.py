@@ -60,17 +60,6 @@ def test_p99_covers_only_the_last_interval() -> None:
     assert (stats.tenants[0].p99_s or 1) <= 0.005  # the slow burst before the interval is gone
 
 
-def test_instance_up_and_restarts_summed_over_reasons() -> None:
-    metrics = gateway()
-    metrics.instance_up(instance="a", model="m", tenant="t", up=True)
-    metrics.instance_up(instance="b", model="m", tenant="t", up=False)
-    metrics.instance_restarted(instance="b", reason="oom")
-    metrics.instance_restarted(instance="b", reason="crash")
-    stats = compare(None, parse(page(metrics), at=0.0))
-    assert stats.instances["a"].up is True
-    assert stats.instances["b"].up is False and stats.instances["b"].restarts == 2
-
-
 def test_quantile_of_an_empty_histogram_is_unknown() -> None:
     assert quantile({}, 0.99) is None
     assert quantile({0.1: 0.0, float("inf"): 0.0}, 0.99) is None

@@ -145,3 +145,50 @@ async def test_apply_restart_and_down_from_the_dashboard(deployment_dir: Path) -
 
         await pilot.press("q")
     assert app.return_code == 0
+
+
+async def test_a_failed_apply_names_the_instance_and_its_cause(state_dir: Path, profiles_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """A model directory without a model: the worker exits, the row says failed, the cause is shown."""
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    path = profiles_dir / "broken-model.yaml"
+    path.write_text(f"""\
+name: broken-model
+models:
+  nothing:
+    id: example/nothing
+    task: embed
+    path: {empty}
+    params_millions: 1
+    hidden_size: 32
+    num_layers: 1
+    max_input_length: 128
+tenants:
+  demo: {{}}
+deployments:
+  - {{name: {INSTANCE}, tenant: demo, model: nothing, placement: cpu, runtime: fallback, port: {free_port()}}}
+gateway: {{port: {free_port()}}}
+""")
+    services = TuiServices(profiles_dir=profiles_dir, backend="process", gateway_url=closed_port_url())
+    app = TeiManagerApp(services, refresh_interval_s=None)
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await app.push_screen(PlanScreen(path))
+            await wait_until(pilot, lambda: app.screen.preview is not None, timeout_s=15,  # type: ignore[attr-defined]
+                             what="the plan")
+            await pilot.press("a", "y")
+            await wait_until(pilot, lambda: isinstance(app.screen, ProgressScreen), timeout_s=5,
+                             what="apply to start")
+            progress = app.screen
+            assert isinstance(progress, ProgressScreen)
+            await wait_until(pilot, lambda: progress.finished, timeout_s=HEALTHY_WITHIN_S, what="apply to fail")
+            assert progress.ok is False
+            stages = progress.query_one("#progress-table", DataTable)
+            assert str(stages.get_cell(INSTANCE, "stage")) == "failed"
+            result = str(progress.query_one("#apply-result", Static).render())
+            assert INSTANCE in result and "exit" in result  # which instance, and that its worker exited
+            assert "rolled back" in result
+    finally:
+        orchestrator.down("broken-model", ProcessBackend())
+    assert orchestrator.status(ProcessBackend()) == []

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ _TESTS_DIR = str(Path(__file__).resolve().parents[1])
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
-from fixtures.tiny_models import build_tiny_embedder, build_tiny_reranker, minilm_path  # noqa: E402
+from fixtures.tiny_models import build_tiny_embedder, build_tiny_reranker, minilm_path
 
 
 @pytest.fixture(scope="session")

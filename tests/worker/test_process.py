@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 
 def _free_port() -> int:
@@ -82,7 +81,7 @@ def test_startup_failure_is_a_message_not_a_traceback(tmp_path: Path) -> None:
     port = _free_port()
     proc = subprocess.run(
         [*_command(), "--model-id", str(tmp_path / "missing-model"), "--hostname", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 1
     assert "missing-model" in proc.stderr and "Traceback" not in proc.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import ClassVar
 
 from textual import work
@@ -39,16 +40,16 @@ class InstanceScreen(TuiScreen):
         Binding("escape", "app.back", "Back"),
     ]
 
-    def __init__(self, view: InstanceStatus) -> None:
+    def __init__(self, row: InstanceStatus) -> None:
         super().__init__()
-        self.view = view
+        self.row = row
         self._lines: list[str] = []
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
         with Vertical(classes="box", id="instance-box") as box:
-            box.border_title = self.view.name
-            yield Static(describe(self.view), id="instance-facts", markup=False)
+            box.border_title = self.row.name
+            yield Static(describe(self.row), id="instance-facts", markup=False)
         with Vertical(classes="box", id="log-box") as box:
             box.border_title = "Log"
             yield Log(id="log-tail", highlight=False, max_lines=2000)
@@ -69,18 +70,18 @@ class InstanceScreen(TuiScreen):
             self.post_message(InstancesObserved([], error=exc))
 
     def on_instances_observed(self, message: InstancesObserved) -> None:
-        mine = [r for r in message.instances if r.name == self.view.name and r.profile == self.view.profile]
+        mine = [r for r in message.instances if r.name == self.row.name and r.profile == self.row.profile]
         facts = self.query_one("#instance-facts", Static)
         if mine:
-            self.view = mine[0]
-            facts.update(describe(self.view))
+            self.row = mine[0]
+            facts.update(describe(self.row))
         elif message.error is None:
-            facts.update(describe(self.view) + "\n(no longer listed by the engine)")
+            facts.update(describe(self.row) + "\n(no longer listed by the engine)")
 
     # The backends' `logs(tail=N)` is cheap for both engines; polling it keeps one code path
     # for docker and processes and never leaves a follow stream open when the screen closes.
     def _tail(self) -> None:
-        self._read_log(self.view)
+        self._read_log(self.row)
 
     @work(thread=True, exclusive=True, group="log", exit_on_error=False)
     def _read_log(self, row: InstanceStatus) -> None:
@@ -107,16 +108,16 @@ class InstanceScreen(TuiScreen):
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self._act(then, self.view)
+                self._act(then, self.row)
 
-        self.app.push_screen(ConfirmScreen(f"{verb} {self.view.name}", question, verb), answered)
+        self.app.push_screen(ConfirmScreen(f"{verb} {self.row.name}", question, verb), answered)
 
     def action_restart(self) -> None:
-        self._confirm("Restart", f"Restart {self.view.name}? It stops serving until it is healthy again.",
+        self._confirm("Restart", f"Restart {self.row.name}? It stops serving until it is healthy again.",
                       "restart")
 
     def action_stop(self) -> None:
-        self._confirm("Stop", f"Stop {self.view.name}? It stays stopped until the next apply.", "stop")
+        self._confirm("Stop", f"Stop {self.row.name}? It stays stopped until the next apply.", "stop")
 
     @work(thread=True, exclusive=True, group="act", exit_on_error=False)
     def _act(self, action: str, row: InstanceStatus) -> None:
@@ -137,18 +138,16 @@ class InstanceScreen(TuiScreen):
         self._observe()
 
     def action_info(self) -> None:
-        self._fetch_info(self.view)
+        self._fetch_info(self.row)
 
     @work(thread=True, exclusive=True, group="info", exit_on_error=False)
-    def _fetch_info(self, view: InstanceStatus) -> None:
+    def _fetch_info(self, row: InstanceStatus) -> None:
         try:
-            self.post_message(InstanceInfo(view.name, self.tui.services.info(view)))
+            self.post_message(InstanceInfo(row.name, self.tui.services.info(row)))
         except TeiManagerError as exc:
-            self.post_message(InstanceInfo(view.name, None, error=exc.render()))
+            self.post_message(InstanceInfo(row.name, None, error=exc.render()))
 
     def on_instance_info(self, message: InstanceInfo) -> None:
-        import json
-
         if message.info is None:
             self.tui.show_error(f"/info of {message.name}", message.error)
             return

@@ -17,7 +17,7 @@ from tei_manager.tui.messages import ActionDone, GatewayScraped, HostProbed, Ins
 from tei_manager.tui.screens.base import TuiScreen
 from tei_manager.tui.services import GatewayUnavailable
 from tei_manager.tui.widgets.gpu_panel import GpuPanel
-from tei_manager.tui.widgets.instances_table import InstancesTable
+from tei_manager.tui.widgets.instances_table import InstancesTable, row_key
 from tei_manager.tui.widgets.tenants_table import TenantsPanel
 
 
@@ -127,8 +127,8 @@ class OverviewScreen(TuiScreen):
         """Enter (or a click) on a row opens that instance."""
         from tei_manager.tui.screens.instance import InstanceScreen
 
-        name = self.query_one(InstancesTable).selected_name
-        row = next((r for r in self._instances if r.name == name), None)
+        key = self.query_one(InstancesTable).selected_key
+        row = next((r for r in self._instances if row_key(r) == key), None)
         if row is not None:
             self.app.push_screen(InstanceScreen(row))
 

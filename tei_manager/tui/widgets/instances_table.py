@@ -1,4 +1,4 @@
-"""The instances table: one row per instance, keyed by name so the cursor survives refreshes."""
+"""The instances table: one row per instance, keyed so that the cursor survives refreshes."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ COLUMNS = ("Instance", "Health", "Device", "Port", "Up", "Rst", "QPS", "p99", "V
 
 _HEALTH_STYLE = {"healthy": "$success", "running": "$success", "starting": "$warning",
                  "created": "$warning", "restarting": "$warning"}
+
+
+def row_key(row: InstanceStatus) -> str:
+    """Instance names are unique within a profile only; two profiles may both have a `demo-embed`."""
+    return f"{row.profile}/{row.name}"
 
 
 def health_text(row: InstanceStatus) -> str:
@@ -50,7 +55,7 @@ class InstancesTable(DataTable[object]):
         now: datetime,
         traffic: Mapping[str, InstanceTraffic],
     ) -> None:
-        selected = self.selected_name
+        selected = self.selected_key
         self.clear()
         for row in rows:
             seen = traffic.get(row.name)
@@ -71,13 +76,14 @@ class InstancesTable(DataTable[object]):
                 styled(self, clip(health, 12), health_style(health)),
                 plain(row.device),
                 *(plain(cell) for cell in cells),
-                key=row.name,
+                key=row_key(row),
             )
-        if selected is not None and selected in {r.name for r in rows}:
+        if selected is not None and selected in {row_key(r) for r in rows}:
             self.move_cursor(row=self.get_row_index(selected))
 
     @property
-    def selected_name(self) -> str | None:
+    def selected_key(self) -> str | None:
+        """`row_key` of the row under the cursor."""
         if self.row_count == 0:
             return None
         key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key

@@ -1,0 +1,56 @@
+"""container_spec(): the Docker arguments an InstancePlan becomes (pure, no engine)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from backend_helpers import instance
+
+from tei_manager.backends import labels as L
+from tei_manager.backends.docker import container_spec
+from tei_manager.core.plan import ModelSource
+
+
+def test_cpu_instance_is_unprivileged_limited_and_published_on_loopback_only():
+    inst = instance("a", port=18001).model_copy(update={"memory_bytes": 2**30, "cpus": 1.5})
+    spec = container_spec(inst)
+    assert spec["name"] == "tei-p-a"
+    assert spec["ports"] == {"8080/tcp": ("127.0.0.1", 18001)}
+    assert spec["privileged"] is False and spec["cap_drop"] == ["ALL"]
+    assert spec["security_opt"] == ["no-new-privileges:true"]
+    assert "ipc_mode" not in spec and spec["shm_size"] > 0
+    assert spec["mem_limit"] == 2**30 and spec["memswap_limit"] == 2**30  # no swap unless asked
+    assert spec["nano_cpus"] == 1_500_000_000
+    assert "device_requests" not in spec
+    assert spec["environment"]["HUGGINGFACE_HUB_CACHE"] == "/data"
+    assert spec["volumes"] == {"tei-manager-hf-cache": {"bind": "/data", "mode": "rw"}}
+    assert spec["command"][:6] == ["--model-id", "BAAI/bge-m3", "--port", "8080", "--hostname", "0.0.0.0"]
+
+
+def test_gpu_pinning_and_local_model_mount():
+    inst = instance("g", gpu=1, runtime="tei").model_copy(update={
+        "model": ModelSource(hub_id="BAAI/bge-m3", local_path="/srv/models/m3", mount_name="m3"),
+        "hf_cache": "/var/cache/hf"})
+    spec = container_spec(inst, slot="next")
+    assert spec["name"] == "tei-p-g.next"
+    (request,) = spec["device_requests"]
+    assert request["DeviceIDs"] == ["1"] and request["Capabilities"] == [["gpu"]]
+    assert spec["volumes"]["/srv/models/m3"] == {"bind": "/models/m3", "mode": "ro"}
+    assert spec["volumes"]["/var/cache/hf"] == {"bind": "/data", "mode": "rw"}  # absolute path: bind mount
+    assert spec["command"][:2] == ["--model-id", "/models/m3"]
+
+
+def test_labels_carry_the_plan_but_never_credentials():
+    inst = instance("a").model_copy(update={
+        "env": {"HF_TOKEN": "hf_secret", "API_KEY": "k-secret", "LOG_LEVEL": "info"},
+        "args": ("--max-batch-tokens", "4096", "--api-key", "k-secret", "--hf-token=hf_secret")})
+    labels = container_spec(inst)["labels"]
+    assert "secret" not in json.dumps(labels)
+    assert labels[L.SPEC_HASH] == inst.spec_hash and labels[L.PROFILE] == "p" and labels[L.INSTANCE] == "a"
+    stored = L.plan_from_labels(labels)
+    assert stored.env["LOG_LEVEL"] == "info" and stored.env["HF_TOKEN"] == "***"
+    assert "--api-key" in stored.args and "k-secret" not in stored.args
