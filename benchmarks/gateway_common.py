@@ -13,10 +13,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import yaml
@@ -25,7 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from tei_manager.gateway.upstream import ConnectionPool  # noqa: E402
+from fixtures.tiny_models import minilm_path  # noqa: F401  (re-exported for the benchmarks)
+
+from tei_manager.gateway.upstream import ConnectionPool
 
 
 def free_port() -> int:
@@ -97,9 +99,11 @@ def write_profile(path: Path, model_dir: Path, worker_port: int, gateway_port: i
 
 
 @contextmanager
-def gateway(profile: Path, port: int, workdir: Path, keys: dict[str, str], *extra: str) -> Iterator[str]:
+def gateway(profile: Path, port: int, workdir: Path, keys: dict[str, str], *extra: str,
+            nice: int | None = None) -> Iterator[str]:
+    """`tei-manager serve` as its own process; `nice` runs it (and nothing else) at that niceness."""
     url = f"http://127.0.0.1:{port}"
-    args = [sys.executable, "-m", "tei_manager.cli.app", "serve", str(profile), "--backend", "process",
+    args = (["nice", "-n", str(nice)] if nice is not None else []) + [sys.executable, "-m", "tei_manager.cli.app", "serve", str(profile), "--backend", "process",
             "--no-watch", "--log-level", "warning", *extra]
     with process(args, workdir / "gateway.log", url + "/health",
                  {**keys, "TEI_MANAGER_STATE_DIR": str(workdir / "state")}):
@@ -158,21 +162,22 @@ http {{
 
 
 @contextmanager
-def _nginx(conf_text: str, port: int, workdir: Path, name: str) -> Iterator[str]:
+def _nginx(conf_text: str, port: int, workdir: Path, name: str, nice: int | None = None) -> Iterator[str]:
     conf_dir = workdir / name
     conf_dir.mkdir(exist_ok=True)
     conf = conf_dir / "nginx.conf"
     conf.write_text(conf_text.replace("{dir}", str(conf_dir)))
     url = f"http://127.0.0.1:{port}"
-    args = ["nginx", "-c", str(conf), "-p", str(conf_dir), "-g", "daemon off;"]
+    args = (["nice", "-n", str(nice)] if nice is not None else []) + [
+        "nginx", "-c", str(conf), "-p", str(conf_dir), "-g", "daemon off;"]
     with process(args, workdir / f"{name}.log", url + "/health"):
         yield url
 
 
-def nginx(upstream_port: int, port: int, workdir: Path) -> Iterator[str]:
+def nginx(upstream_port: int, port: int, workdir: Path, nice: int | None = None) -> Iterator[str]:
     """Plain reverse proxying (keep-alive upstream, one worker process) of the same traffic."""
     text = NGINX_CONF.replace("{dir}", "@DIR@").format(upstream=upstream_port, port=port).replace("@DIR@", "{dir}")
-    return _nginx(text, port, workdir, f"nginx-proxy-{port}")
+    return _nginx(text, port, workdir, f"nginx-proxy-{port}", nice)
 
 
 def static_upstream(port: int, workdir: Path, body: str) -> Iterator[str]:
@@ -232,7 +237,7 @@ async def closed_loop(url: str, path: str, body: dict, headers: dict[str, str], 
     return Result(latencies, errors, wall)
 
 
-def run(coro):  # noqa: ANN001, ANN201
+def run(coro):
     return asyncio.run(coro)
 
 

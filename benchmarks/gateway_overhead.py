@@ -24,11 +24,12 @@ import json
 import shutil
 from contextlib import ExitStack
 
-from gateway_common import (
+from gateway_common import (  # also puts the repository and tests/ on sys.path
     Result,
     closed_loop,
     free_port,
     gateway,
+    minilm_path,
     nginx,
     static_upstream,
     tmpdir,
@@ -36,7 +37,6 @@ from gateway_common import (
     write_profile,
 )
 
-from fixtures.tiny_models import minilm_path
 from tei_manager.gateway.upstream import ConnectionPool
 
 BODY = {"inputs": "What is the capital of France?"}
@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--upstream", choices=["worker", "static", "both"], default="both")
     parser.add_argument("--worker-threads", type=int, default=None,
                         help="torch threads of the worker (OMP_NUM_THREADS); default: torch's choice")
+    parser.add_argument("--proxy-nice", type=int, default=None,
+                        help="run the gateway and nginx at this niceness (e.g. -10 on a busy host)")
     args = parser.parse_args()
     if shutil.which("nginx") is None:
         raise SystemExit("nginx is needed (apt-get install nginx)")
@@ -98,8 +100,8 @@ def main() -> None:
                 direct = stack.enter_context(worker(model, uport, work, threads=args.worker_threads))
             else:
                 direct = stack.enter_context(static_upstream(uport, work, STATIC_ANSWER))
-            gw = stack.enter_context(gateway(profile, gport, work, {"BENCH_KEY": KEY}))
-            proxy = stack.enter_context(nginx(uport, nport, work))
+            gw = stack.enter_context(gateway(profile, gport, work, {"BENCH_KEY": KEY}, nice=args.proxy_nice))
+            proxy = stack.enter_context(nginx(uport, nport, work, nice=args.proxy_nice))
             targets = {"direct": (direct, {}), "gateway": (gw, {"authorization": f"Bearer {KEY}"}),
                        "nginx": (proxy, {})}
             for concurrency in args.concurrency:

@@ -21,9 +21,17 @@ import argparse
 import asyncio
 import json
 
-from gateway_common import Result, closed_loop, free_port, gateway, tmpdir, worker, write_profile
+from gateway_common import (  # also puts the repository and tests/ on sys.path
+    Result,
+    closed_loop,
+    free_port,
+    gateway,
+    minilm_path,
+    tmpdir,
+    worker,
+    write_profile,
+)
 
-from fixtures.tiny_models import minilm_path
 from tei_manager.gateway.upstream import ConnectionPool
 
 QUERY = {"inputs": "how do I reset my password?"}

@@ -105,7 +105,8 @@ if [[ "$FORCE" == 1 || "$(label_of "$base" "$BASE_LABEL")" != "$base_hash" ]]; t
     'import os, torch, transformers, tokenizers; assert os.getuid() == 10001; open(os.path.join(os.environ["HOME"], ".cache", "probe"), "w").close(); print("torch", torch.__version__, "transformers", transformers.__version__)' >&2 \
     || die "the base image cannot import torch/transformers as uid 10001 (image $base_id kept untagged: docker run --rm -it --entrypoint sh $base_id)"
   docker tag "$base_id" "$base"
-  # Older bases are no longer needed (one still used by a container stays).
+  # Older bases go, unless an image is still built on them (another checkout's or virtual
+  # environment's worker image: Docker refuses to remove a parent) or a container uses them.
   for old in $(docker images "$BASE_REPO" --format '{{.Repository}}:{{.Tag}}'); do
     [[ "$old" == "$base" ]] || docker image rm "$old" >/dev/null 2>&1 || true
   done

@@ -13,13 +13,10 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}
-export PIP_CONSTRAINT="$PWD/scripts/constraints.txt"
-export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 # No test may reach a model hub (none is reachable in CI).
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 
 log() { printf '==> [test] %s\n' "$*" >&2; }
-die() { printf 'error: [test] %s\n' "$*" >&2; exit 1; }
 
 start=$SECONDS
 if [[ "${TEI_MANAGER_SKIP_SETUP:-0}" != 1 ]]; then

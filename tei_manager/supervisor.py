@@ -103,8 +103,15 @@ class Supervisor:
             self._check(inst, observed.get(inst.name))
 
     def _check(self, inst: InstancePlan, obs: ObservedInstance | None) -> None:
-        tracker = self.trackers.setdefault(inst.name, HealthTracker(self.policy))
         now = self.clock.monotonic()
+        tracker = self.trackers.get(inst.name)
+        if tracker is None:
+            tracker = self.trackers[inst.name] = HealthTracker(self.policy)
+            if obs is not None and obs.started_at is not None:
+                # Start-up grace counts from the instance's real start, not from when we first
+                # looked: an instance that has been broken for an hour is not "starting".
+                age = max(0.0, self.wall_time() - obs.started_at.timestamp())
+                tracker.started(now - age)
         before = tracker.phase
 
         if obs is None:

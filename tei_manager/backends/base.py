@@ -99,5 +99,5 @@ class Backend(abc.ABC):
             parts.append("last log lines:\n    " + "\n    ".join(tail[-lines:]))
         return "; ".join(parts) if parts else "no further detail from the engine"
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: only some backends hold connections
         """Release engine connections."""

@@ -160,7 +160,7 @@ class DockerBackend(Backend):
     def list(self, profile: str | None = None) -> list[ObservedInstance]:
         filters = {"label": [f"{L.MANAGED}=true"] + ([f"{L.PROFILE}={profile}"] if profile else [])}
         try:
-            containers = self.client.containers.list(all=True, filters=filters)
+            containers = self.client.containers.list(all=True, filters=filters, ignore_removed=True)
         except self._errors.DockerException as exc:
             raise BackendError(f"cannot list containers: {exc}", where="docker",
                                fix="check that the Docker Engine is running") from exc

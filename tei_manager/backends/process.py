@@ -206,6 +206,8 @@ class ProcessBackend(Backend):
         if existing is not None and self._alive(existing):
             raise BackendError(f"instance already running (pid {existing['pid']})", where=instance.name,
                                fix="run `tei-manager down` first")
+        if existing is not None and existing.get("log"):
+            Path(existing["log"]).unlink(missing_ok=True)  # a stale record is replaced with its log
         logs = self._dir(instance.profile, create=True) / "logs"
         logs.mkdir(exist_ok=True, mode=0o700)
         record = {
@@ -246,7 +248,7 @@ class ProcessBackend(Backend):
                 raise BackendError(f"cannot start {argv[0]}: {exc}", where=obs.name,
                                    fix="pip install 'tei-manager[worker]'") from exc
         _CHILDREN[child.pid] = child
-        # Wait for /proc to show the exec'd worker so the recorded start time is the worker's.
+        # The start time is the fork's and survives exec: with the pid it identifies this worker.
         start = _proc_start_time(child.pid)
         record.update(pid=child.pid, proc_start=start, stopped=False, exit_code=None,
                       started_at=datetime.now(timezone.utc).isoformat())

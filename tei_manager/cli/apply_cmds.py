@@ -155,4 +155,4 @@ def register(app: typer.Typer) -> None:
     watch_cmd.register(app)
 
 
-__all__ = ["register", "TeiManagerError"]
+__all__ = ["TeiManagerError", "register"]

@@ -8,8 +8,8 @@ sending SIGHUP, reloads keys, quotas and routes without dropping requests in fli
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
 
 import typer
 
@@ -44,11 +44,11 @@ def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
         profile: Path = typer.Argument(..., help="Profile YAML file."),
-        host: Optional[str] = typer.Option(None, "--host", help="Address to listen on; default gateway.bind (127.0.0.1)."),
-        port: Optional[int] = typer.Option(None, "--port", help="Port to listen on; default gateway.port (8080)."),
+        host: str | None = typer.Option(None, "--host", help="Address to listen on; default gateway.bind (127.0.0.1)."),
+        port: int | None = typer.Option(None, "--port", help="Port to listen on; default gateway.port (8080)."),
         backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
-        docker_url: Optional[str] = typer.Option(None, "--docker-url", help="Docker Engine URL (default: environment)."),
-        instance_concurrency: Optional[int] = typer.Option(
+        docker_url: str | None = typer.Option(None, "--docker-url", help="Docker Engine URL (default: environment)."),
+        instance_concurrency: int | None = typer.Option(
             None, "--instance-concurrency", min=1,
             help="Requests one instance runs at once; beyond it requests wait in priority order. "
             "Default: 2 x max_batch_requests, else 32.",

@@ -51,7 +51,8 @@ def estimate_tokens(task: str, body: Any) -> int:
     if not isinstance(body, dict):
         return 1
     if task == "rerank":
-        query = body.get("query") if isinstance(body.get("query"), str) else ""
+        raw_query = body.get("query")
+        query = raw_query if isinstance(raw_query, str) else ""
         texts = body.get("texts", body.get("documents")) or []
         if not isinstance(texts, list):
             return 1

@@ -21,8 +21,9 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.applications import Starlette
@@ -35,8 +36,8 @@ from tei_manager.core.models import Profile
 from tei_manager.core.plan import Plan
 from tei_manager.gateway import adapters
 from tei_manager.gateway.config import GatewayConfig, build_config
-from tei_manager.gateway.events import RestartFeed
 from tei_manager.gateway.errors import error_response, too_many, unauthorized
+from tei_manager.gateway.events import RestartFeed
 from tei_manager.gateway.keys import bearer_token
 from tei_manager.gateway.prober import Prober
 from tei_manager.gateway.proxy import NoReplica, Proxy, UpstreamTimedOut
@@ -271,7 +272,12 @@ class Gateway:
         if ticket.state == "waiting":
             loop = asyncio.get_running_loop()
             admitted: asyncio.Future[None] = loop.create_future()
-            ticket.waker = lambda: admitted.done() or admitted.set_result(None)
+
+            def wake() -> None:
+                if not admitted.done():
+                    admitted.set_result(None)
+
+            ticket.waker = wake
             self._pool_gauges(route)
             try:
                 await asyncio.wait_for(admitted, limits.max_wait_ms / 1000)

@@ -6,8 +6,8 @@ request sees either the old or the new profile, never a mix.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from tei_manager.core.models import GatewaySettings, Profile
 from tei_manager.core.plan import InstancePlan, Plan

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from tei_manager.metrics import GatewayMetrics
 from tei_manager.state import RecordedEvent, now, read_events

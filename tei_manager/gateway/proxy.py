@@ -8,8 +8,8 @@ takes it out of rotation at once, before the prober notices.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from tei_manager.gateway.routing import Balancer, Route
 from tei_manager.gateway.upstream import (

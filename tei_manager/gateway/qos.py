@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 Clock = Callable[[], float]
 Priority = Literal["high", "normal", "low"]
@@ -109,16 +110,16 @@ class Ticket:
 
 
 class _TenantState:
-    def __init__(self, limits: TenantLimits, now: float, previous: "_TenantState | None") -> None:
+    def __init__(self, limits: TenantLimits, now: float, previous: _TenantState | None) -> None:
         self.limits = limits
-        self.in_flight = previous.in_flight if previous else 0
-        self.requests = self._bucket(
+        self.in_flight: int = previous.in_flight if previous else 0
+        self.requests: TokenBucket | None = self._bucket(
             limits.requests_per_second and float(limits.burst or max(1.0, 2 * limits.requests_per_second)),
             limits.requests_per_second,
             now,
             previous.requests if previous else None,
         )
-        self.tokens = self._bucket(
+        self.tokens: TokenBucket | None = self._bucket(
             limits.tokens_per_minute and float(limits.tokens_per_minute),
             limits.tokens_per_minute and limits.tokens_per_minute / 60.0,
             now,

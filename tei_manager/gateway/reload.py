@@ -12,7 +12,8 @@ import asyncio
 import logging
 import os
 import signal
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,9 @@ optionally excluding replicas that just failed (the one retry goes elsewhere).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Literal
 
 RouteTask = Literal["embed", "rerank", "any"]
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -14,11 +15,11 @@ _TESTS_DIR = str(Path(__file__).resolve().parents[1])
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
-from fixtures.tiny_models import build_tiny_reranker, minilm_path  # noqa: E402
-from gw_harness import WorkerProcess, free_port_block, plan_for, start_workers  # noqa: E402
+from fixtures.tiny_models import build_tiny_reranker, minilm_path
+from gw_harness import WorkerProcess, free_port_block, plan_for, start_workers
 
-from tei_manager.core.models import Profile  # noqa: E402
-from tei_manager.core.plan import Plan  # noqa: E402
+from tei_manager.core.models import Profile
+from tei_manager.core.plan import Plan
 
 KEYS = {"finance": ["fin-key-1", "fin-key-2"], "hr": ["hr-key"], "ops": ["ops-key"]}
 # Parameters of the tiny reranker the planner cannot look up (it is not a hub model).

@@ -13,7 +13,12 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from tei_manager.metrics import GPU_MEMORY_TOTAL, GPU_MEMORY_USED, GPU_UTILIZATION, GatewayMetrics
+from tei_manager.metrics import (
+    GPU_MEMORY_TOTAL,
+    GPU_MEMORY_USED,
+    GPU_UTILIZATION,
+    GatewayMetrics,
+)
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMTOOL = shutil.which("promtool")

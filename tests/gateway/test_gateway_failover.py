@@ -6,12 +6,18 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 from conftest import KEYS, profile_dict
-from gw_harness import GatewayThread, WorkerProcess, bearer, free_port_block, plan_for, start_workers
+from gw_harness import (
+    GatewayThread,
+    WorkerProcess,
+    bearer,
+    free_port_block,
+    plan_for,
+    start_workers,
+)
 from prometheus_client import CollectorRegistry
 
 from tei_manager.core.models import Profile

@@ -15,7 +15,14 @@ import httpx
 import pytest
 import yaml
 from conftest import Cluster
-from gw_harness import REPO, GatewayThread, bearer, free_port_block, plan_for, worker_env
+from gw_harness import (
+    REPO,
+    GatewayThread,
+    bearer,
+    free_port_block,
+    plan_for,
+    worker_env,
+)
 from prometheus_client import CollectorRegistry
 
 from tei_manager.gateway.app import create_app

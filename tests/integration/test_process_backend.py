@@ -74,6 +74,19 @@ def test_quickstart_comes_up_answers_and_goes_down(profile_name: str, tmp_path: 
     assert time.monotonic() - started < 5
     assert [r["pid"] for r in status_rows(capsys, profile_name)] == pids
 
+    # A tuning change replaces only that worker (stop, start the new one, gate, then delete the old).
+    data = yaml.safe_load(path.read_text())
+    data["deployments"][1]["tuning"]["max_client_batch_size"] = 8
+    path.write_text(yaml.safe_dump(data))
+    assert main(["apply", str(path), "--backend", "process", "--timeout", "120"]) == 0
+    after = {r["instance"]: r["pid"] for r in status_rows(capsys, profile_name)}
+    assert after["demo-embed"] == rows["demo-embed"]["pid"] and after["demo-rerank"] != rows["demo-rerank"]["pid"]
+    info = httpx.get(f"http://127.0.0.1:{ports['demo-rerank']}/info", timeout=10).json()
+    assert info["max_client_batch_size"] == 8
+    assert sorted(p.name for p in (state_dir(profile_name) / "instances").glob("*.json")) == \
+        ["demo-embed.json", "demo-rerank.json"]
+    pids = list(after.values())
+
     assert main(["down", str(path), "--backend", "process"]) == 0
     assert "removed 2 instance(s)" in capsys.readouterr().out
     for pid in pids:

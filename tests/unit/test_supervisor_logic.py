@@ -180,3 +180,20 @@ def test_tracker_threshold_and_recovery_are_pure():
     t.restarted(2)
     t.record(True, 3)
     assert t.phase == "healthy" and t.consecutive_failures == 0
+
+
+def test_grace_counts_from_the_instances_real_start(tmp_path, monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
+    monkeypatch.setenv("TEI_MANAGER_STATE_DIR", str(tmp_path))
+    fake, clock, events = FakeBackend(), FakeClock(), []
+    a = instance("a", port=1)
+    fake.start(fake.create(a))
+    handle = fake.live("a").handle
+    fake.records[handle].started_at = datetime.now(timezone.utc) - timedelta(hours=1)
+    fake.unhealthy.add("a")  # broken for an hour when the supervisor first looks
+    sup = Supervisor(fake, plan(a), clock=clock, on_event=events.append, policy=POLICY,
+                     probe=FakeHealthProbe(fake))
+    for _ in range(3):
+        sup.tick()
+    assert kinds(events) == ["unhealthy", "restarting", "restarted"]

@@ -34,3 +34,45 @@ def test_request_cap_and_tasks_do_not_mix() -> None:
     assert all(len(b) <= 2 for b in batches)
     assert all(len({j.task for j in b}) == 1 for b in batches)
     assert sum(len(b) for b in batches) == 7
+
+
+def test_windows_serve_the_queue_in_arrival_order(embedder_engine) -> None:
+    """A request that arrived early is not overtaken by later, shorter ones beyond its window."""
+    import threading
+
+    from fallback_worker.batcher import Batcher
+    from fallback_worker.metrics import Metrics
+
+    order: list[int] = []
+    gate = threading.Event()
+
+    class Recording:
+        # The real engine; records each batch's input lengths, and holds the first batch at a gate
+        # so that the queue can fill up behind it.
+        def __getattr__(self, name: str):  # noqa: ANN204
+            return getattr(embedder_engine, name)
+
+        def run(self, task, batch):  # noqa: ANN001, ANN202
+            gate.wait(30)
+            order.extend(len(e.ids) for e in batch)
+            return embedder_engine.run(task, batch)
+
+    async def scenario() -> None:
+        batcher = Batcher(Recording(), Metrics(64), max_batch_tokens=4096, max_batch_requests=2)  # type: ignore[arg-type]
+        batcher.start(asyncio.get_running_loop())
+        try:
+            first = batcher.submit("embed", [Encoded([5] * 3, [0] * 3, 3)])
+            await asyncio.sleep(0)  # let the forward thread take it
+            long_jobs = batcher.submit("embed", [Encoded([5] * 40, [0] * 40, 40) for _ in range(16)])
+            short_jobs = batcher.submit("embed", [Encoded([5] * 2, [0] * 2, 2) for _ in range(4)])
+            gate.set()
+            await asyncio.gather(*(j.future for j in first + long_jobs + short_jobs))
+        finally:
+            batcher.stop()
+
+    asyncio.run(scenario())
+    assert sorted(order) == sorted([3] + [40] * 16 + [2] * 4)
+    # Window = 8 batches x 2 = 16 inputs: the 16 long inputs queued first are served before the
+    # short ones queued after them (the first job may or may not have been taken alone).
+    tail = order[-4:]
+    assert tail == [2, 2, 2, 2]
