@@ -233,8 +233,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     log.info("Starting HTTP server: %s:%d", config.hostname, config.port)
     log.info("Ready")
-    if os.environ.get("FALLBACK_SWITCH_INTERVAL"):
-        sys.setswitchinterval(float(os.environ["FALLBACK_SWITCH_INTERVAL"]))
     server = uvicorn.Server(
         uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=30, lifespan="on")
     )

@@ -105,11 +105,6 @@ if [[ "$FORCE" == 1 || "$(label_of "$base" "$BASE_LABEL")" != "$base_hash" ]]; t
     'import os, torch, transformers, tokenizers; assert os.getuid() == 10001; open(os.path.join(os.environ["HOME"], ".cache", "probe"), "w").close(); print("torch", torch.__version__, "transformers", transformers.__version__)' >&2 \
     || die "the base image cannot import torch/transformers as uid 10001 (image $base_id kept untagged: docker run --rm -it --entrypoint sh $base_id)"
   docker tag "$base_id" "$base"
-  # Older bases go, unless an image is still built on them (another checkout's or virtual
-  # environment's worker image: Docker refuses to remove a parent) or a container uses them.
-  for old in $(docker images "$BASE_REPO" --format '{{.Repository}}:{{.Tag}}'); do
-    [[ "$old" == "$base" ]] || docker image rm "$old" >/dev/null 2>&1 || true
-  done
   log "base image built in $((SECONDS - start)) s"
 else
   log "base image $base is up to date"
@@ -132,6 +127,11 @@ docker tag "$image_id" "$TAG"
 if [[ -n "$old_id" && "$old_id" != "$image_id" ]]; then
   docker image rm "$old_id" >/dev/null 2>&1 || true  # still used by a container, or tagged elsewhere: leave it
 fi
+# Older bases go, unless an image is still built on them (another checkout's or virtual
+# environment's worker image: Docker refuses to remove a parent) or a container uses them.
+for old in $(docker images "$BASE_REPO" --format '{{.Repository}}:{{.Tag}}'); do
+  [[ "$old" == "$base" ]] || docker image rm "$old" >/dev/null 2>&1 || true
+done
 size=$(docker image inspect --format '{{.Size}}' "$TAG")
 log "built $TAG in $((SECONDS - start)) s (worker layer and smoke test $((SECONDS - layer_start)) s), $((size / 1000000)) MB"
 echo "$TAG"

@@ -119,3 +119,62 @@ def tei_to_cohere(
     if tokens is not None:
         answer["usage"] = {"total_tokens": tokens}
     return answer
+
+
+# ---- splitting calls larger than an instance's max_client_batch_size ---------------------------
+# OpenAI- and Cohere-style clients batch freely (LangChain's OpenAIEmbeddings sends up to 1000
+# inputs, rerank calls often carry 50-100 documents), while TEI refuses more than
+# `max_client_batch_size` inputs per request.  The gateway splits such calls into chunks, sends
+# them concurrently and merges the answers, so the client sees one response.  TEI-native routes
+# are passed through untouched: their clients expect TEI's own limit.
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def split_openai(body: Any, size: int) -> list[bytes] | None:
+    """Chunked /v1/embeddings bodies, or None when the body fits (or is not a list of inputs)."""
+    if not isinstance(body, dict):
+        return None
+    inputs = body.get("input")
+    if not isinstance(inputs, list) or len(inputs) <= size:
+        return None
+    if all(isinstance(v, int) for v in inputs):
+        return None  # one input given as token ids
+    return [json.dumps({**body, "input": chunk}).encode() for chunk in _chunks(inputs, size)]
+
+
+def merge_openai(bodies: list[bytes], size: int) -> bytes:
+    merged: dict[str, Any] | None = None
+    data: list[Any] = []
+    prompt = total = 0
+    for n, raw in enumerate(bodies):
+        part = json.loads(raw)
+        merged = merged or part
+        for item in part.get("data", []):
+            data.append({**item, "index": item.get("index", 0) + n * size})
+        usage = part.get("usage") or {}
+        prompt += int(usage.get("prompt_tokens", 0))
+        total += int(usage.get("total_tokens", 0))
+    answer = dict(merged or {"object": "list"})
+    answer["data"] = data
+    answer["usage"] = {"prompt_tokens": prompt, "total_tokens": total}
+    return json.dumps(answer).encode()
+
+
+def split_rerank(tei_body: dict[str, Any], size: int) -> list[bytes] | None:
+    """Chunked TEI /rerank bodies (same query, a slice of the texts each), or None when it fits."""
+    texts = tei_body.get("texts")
+    if not isinstance(texts, list) or len(texts) <= size:
+        return None
+    return [json.dumps({**tei_body, "texts": chunk}).encode() for chunk in _chunks(texts, size)]
+
+
+def merge_rerank(bodies: list[bytes], size: int) -> bytes:
+    ranked = []
+    for n, raw in enumerate(bodies):
+        for item in json.loads(raw):
+            ranked.append({**item, "index": item["index"] + n * size})
+    ranked.sort(key=lambda r: r["score"], reverse=True)
+    return json.dumps(ranked).encode()

@@ -40,11 +40,11 @@ from tei_manager.gateway.errors import error_response, too_many, unauthorized
 from tei_manager.gateway.events import RestartFeed
 from tei_manager.gateway.keys import bearer_token
 from tei_manager.gateway.prober import Prober
-from tei_manager.gateway.proxy import NoReplica, Proxy, UpstreamTimedOut
+from tei_manager.gateway.proxy import Forwarded, NoReplica, Proxy, UpstreamTimedOut
 from tei_manager.gateway.qos import AdmissionController
 from tei_manager.gateway.reload import Reloader
 from tei_manager.gateway.routing import Balancer, Route, RouteTask, RoutingError
-from tei_manager.gateway.upstream import ConnectionPool
+from tei_manager.gateway.upstream import ConnectionPool, UpstreamResponse
 from tei_manager.metrics import GatewayMetrics
 
 log = logging.getLogger("tei_manager.gateway")
@@ -226,7 +226,7 @@ class Gateway:
         try:
             ticket = await self._admit(tenant, route)
             try:
-                forwarded = await self.proxy.forward(route, endpoint.upstream_path, raw, config.settings.upstream_timeout_s)
+                forwarded = await self._forward(route, endpoint, body, raw, config.settings.upstream_timeout_s)
             finally:
                 self.qos.release(ticket)
                 self._pool_gauges(route)
@@ -265,6 +265,34 @@ class Gateway:
             return JSONResponse(answer, headers=headers), instance
         media = upstream.headers.get("content-type", "application/json")
         return Response(upstream.body, status_code=upstream.status, media_type=media, headers=headers), instance
+
+    async def _forward(self, route: Route, endpoint: Endpoint, body: Any, raw: bytes, timeout_s: float) -> Forwarded:
+        """One upstream call, or several for an OpenAI/Cohere call above max_client_batch_size."""
+        size = route.max_client_batch_size
+        chunks, merge = None, None
+        if endpoint.path in ("/v1/embeddings", "/embeddings"):
+            chunks, merge = adapters.split_openai(body, size), adapters.merge_openai
+        elif endpoint.shape == "cohere":
+            chunks, merge = adapters.split_rerank(body, size), adapters.merge_rerank
+        if chunks is None or merge is None:
+            return await self.proxy.forward(route, endpoint.upstream_path, raw, timeout_s)
+        # The chunks share the request's admission slot: one client call, one place in line.
+        parts = await asyncio.gather(
+            *(self.proxy.forward(route, endpoint.upstream_path, c, timeout_s) for c in chunks), return_exceptions=True
+        )
+        for part in parts:
+            if isinstance(part, BaseException):
+                raise part
+        done = [p for p in parts if isinstance(p, Forwarded)]
+        failed = next((p for p in done if p.response.status != 200), None)
+        if failed is not None:
+            return failed
+        tokens = [p.response.headers.get("x-compute-tokens", "") for p in done]
+        headers = {"content-type": "application/json"}
+        if all(t.isdigit() for t in tokens):
+            headers["x-compute-tokens"] = str(sum(int(t) for t in tokens))
+        merged = UpstreamResponse(200, headers, merge([p.response.body for p in done], size))
+        return Forwarded(merged, done[0].url, retried=any(p.retried for p in done))
 
     async def _admit(self, tenant: str, route: Route) -> Any:
         ticket = self.qos.acquire(tenant, route.deployment)

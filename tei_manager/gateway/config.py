@@ -57,6 +57,11 @@ def instance_capacity(profile: Profile, deployment: str, override: int | None) -
     return max(1, min(wanted, tuning.max_concurrent_requests))
 
 
+def _client_batch(profile: Profile, deployment: str) -> int:
+    dep = next((d for d in profile.deployments if d.instance_prefix == deployment), None)
+    return dep.tuning.max_client_batch_size if dep is not None else 32
+
+
 def _tasks(profile: Profile, inst: InstancePlan) -> frozenset[str]:
     tasks = {inst.task}
     dep = next((d for d in profile.deployments if d.instance_prefix == inst.deployment), None)
@@ -89,6 +94,7 @@ def routes_from_plan(profile: Profile, plan: Plan, *, instance_concurrency: int 
                 replicas=tuple(upstream_url(i.bind, i.host_port) for i in instances),
                 replica_names=tuple(i.name for i in instances),
                 capacity_per_replica=instance_capacity(profile, deployment, instance_concurrency),
+                max_client_batch_size=_client_batch(profile, deployment),
             )
         )
     return routes

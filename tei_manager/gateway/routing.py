@@ -48,6 +48,7 @@ class Route:
     replicas: tuple[str, ...]  # base URLs, e.g. http://127.0.0.1:8081
     replica_names: tuple[str, ...] = ()  # instance names, same order (metrics labels)
     capacity_per_replica: int | None = None  # None: the gateway does not hold requests back
+    max_client_batch_size: int = 32  # inputs per upstream request; bigger OpenAI/Cohere calls are split
 
     @property
     def names(self) -> frozenset[str]:

@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry
 
 from tei_manager.gateway.app import create_app
 
+pytestmark = pytest.mark.slow  # real worker processes on loopback
+
 
 @pytest.fixture(scope="module")
 def gateway_url(cluster: Cluster):

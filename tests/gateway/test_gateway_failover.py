@@ -23,6 +23,8 @@ from prometheus_client import CollectorRegistry
 from tei_manager.core.models import Profile
 from tei_manager.gateway.app import create_app
 
+pytestmark = pytest.mark.slow  # real worker processes on loopback
+
 FIN = KEYS["finance"][0]
 
 

@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from tei_manager.gateway.app import create_app
 
+pytestmark = pytest.mark.slow  # real worker processes on loopback
+
 FIN, HR, OPS = KEYS["finance"][0], KEYS["hr"][0], KEYS["ops"][0]
 
 
@@ -181,3 +183,30 @@ def test_metrics_page(gw: httpx.Client) -> None:
     assert 'tei_manager_gateway_instance_up{instance="finance-minilm-0",model="minilm",tenant="finance"} 1.0' in text
     assert 'reason="forbidden"' in text
     assert "fin-key" not in text
+
+
+def test_openai_calls_above_the_client_batch_limit_are_split_and_merged(gw: httpx.Client) -> None:
+    # LangChain's OpenAIEmbeddings sends up to 1000 inputs at once; the worker takes 32 per request.
+    texts = [f"sentence number {i}" for i in range(70)]
+    r = gw.post("/v1/embeddings", json={"model": "minilm", "input": texts}, headers=bearer(FIN))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [d["index"] for d in body["data"]] == list(range(70))
+    single = gw.post("/v1/embeddings", json={"model": "minilm", "input": texts[65]}, headers=bearer(FIN)).json()
+    assert body["data"][65]["embedding"] == pytest.approx(single["data"][0]["embedding"], abs=1e-5)
+    assert body["usage"]["prompt_tokens"] == int(r.headers["x-compute-tokens"]) > 70
+
+
+def test_cohere_rerank_of_many_documents_is_split_and_merged(gw: httpx.Client) -> None:
+    docs = [f"bananas are yellow fruit number {i}" for i in range(45)]
+    docs[40] = "Paris is the capital of France."
+    r = gw.post("/v1/rerank", json={"model": "minilm", "query": "What is the capital of France?",
+                                    "documents": docs, "top_n": 3}, headers=bearer(FIN))
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == 3 and results[0]["index"] == 40
+    everything = gw.post("/v1/rerank", json={"model": "minilm", "query": "q", "documents": docs},
+                         headers=bearer(FIN)).json()["results"]
+    assert sorted(x["index"] for x in everything) == list(range(45))
+    scores = [x["relevance_score"] for x in everything]
+    assert scores == sorted(scores, reverse=True)

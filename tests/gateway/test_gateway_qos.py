@@ -7,11 +7,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 from conftest import KEYS, Cluster
 from gw_harness import GatewayThread, bearer
 from prometheus_client import CollectorRegistry
 
 from tei_manager.gateway.app import create_app
+
+pytestmark = pytest.mark.slow  # real worker processes on loopback
 
 FIN, HR, OPS = KEYS["finance"][0], KEYS["hr"][0], KEYS["ops"][0]
 # ~60 words per input, 16 inputs: long enough that requests pile up behind one in flight.

@@ -28,6 +28,8 @@ from prometheus_client import CollectorRegistry
 from tei_manager.gateway.app import create_app
 from tei_manager.profiles import load_profile_with_source, resolve_secrets
 
+pytestmark = pytest.mark.slow  # real worker processes on loopback
+
 HEAVY = {"model": "shared-minilm", "inputs": [("word%d " % i) * 60 for i in range(16)]}
 
 
