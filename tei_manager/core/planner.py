@@ -110,7 +110,8 @@ def plan(profile: Profile, facts: HostFacts, *, observed_ports: Iterable[int] | 
             f"CPU-only host: NVML not available ({facts.nvml_error}); GPU placements cannot be planned here "
             "- pass --gpus to plan for another host"
         )
-    if not facts.docker.reachable:
+    # Only worth saying when it changes a decision: some deployment leaves the runtime to us.
+    if not facts.docker.reachable and any(d.runtime == "auto" for d in profile.deployments):
         warnings.append(
             f"Docker Engine not reachable ({facts.docker.error or 'unknown reason'}): `runtime: auto` "
             "deployments use the fallback worker"
