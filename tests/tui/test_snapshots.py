@@ -137,11 +137,10 @@ def test_overview_with_gpus(snap_compare: SnapCompare, state_dir: Path, profiles
         assert snap_compare(app, terminal_size=(80, 24), run_before=second_scrape)
 
 
-def test_plan_with_overcommit_error(snap_compare: SnapCompare, state_dir: Path, profiles_dir: Path,
-                                    two_gpus: None) -> None:
-    """The planner's over-commit error, with what to change, instead of a plan."""
-    path = profiles_dir / "too-big.yaml"
-    path.write_text(OVERCOMMIT_PROFILE)
+def _snapshot_plan_screen(snap_compare: SnapCompare, profiles_dir: Path, filename: str, text: str) -> bool:
+    """Open the plan screen of one profile file at 80x24 and compare it with its snapshot."""
+    path = profiles_dir / filename
+    path.write_text(text)
     services = TuiServices(profiles_dir=profiles_dir, backend="process", gateway_url=NO_GATEWAY,
                            clock=lambda: FROZEN_NOW)
     app = TeiManagerApp(services, refresh_interval_s=None)
@@ -151,21 +150,16 @@ def test_plan_with_overcommit_error(snap_compare: SnapCompare, state_dir: Path, 
         await pilot.app.push_screen(PlanScreen(path))
         await settle(pilot)
 
-    assert snap_compare(app, terminal_size=(80, 24), run_before=open_plan)
+    return snap_compare(app, terminal_size=(80, 24), run_before=open_plan)
+
+
+def test_plan_with_overcommit_error(snap_compare: SnapCompare, state_dir: Path, profiles_dir: Path,
+                                    two_gpus: None) -> None:
+    """The planner's over-commit error, with what to change, instead of a plan."""
+    assert _snapshot_plan_screen(snap_compare, profiles_dir, "too-big.yaml", OVERCOMMIT_PROFILE)
 
 
 def test_plan_with_vram_budget(snap_compare: SnapCompare, state_dir: Path, profiles_dir: Path,
                                two_gpus: None) -> None:
     """A plan that fits: what it puts on each GPU against the budget, and what apply would create."""
-    path = profiles_dir / "l20.yaml"
-    path.write_text(L20_PROFILE)
-    services = TuiServices(profiles_dir=profiles_dir, backend="process", gateway_url=NO_GATEWAY,
-                           clock=lambda: FROZEN_NOW)
-    app = TeiManagerApp(services, refresh_interval_s=None)
-
-    async def open_plan(pilot: Pilot[None]) -> None:
-        await settle(pilot)
-        await pilot.app.push_screen(PlanScreen(path))
-        await settle(pilot)
-
-    assert snap_compare(app, terminal_size=(80, 24), run_before=open_plan)
+    assert _snapshot_plan_screen(snap_compare, profiles_dir, "l20.yaml", L20_PROFILE)
