@@ -186,7 +186,7 @@ class Gateway:
             raw, body = await _read_json(request)
             route = config.table.resolve(tenant, endpoint.task, _model_name(request, body))
             model_label = route.model_key
-            response, instance = await self._serve(request, endpoint, config, tenant_label, route, raw, body)
+            response, instance = await self._serve(endpoint, config, tenant_label, route, raw, body)
         except _Reject as rej:
             self.metrics.rejected(tenant=tenant_label, model=model_label, reason=rej.reason)
             response = rej.response
@@ -206,8 +206,7 @@ class Gateway:
         return response
 
     async def _serve(
-        self, request: Request, endpoint: Endpoint, config: GatewayConfig, tenant: str, route: Route,
-        raw: bytes, body: Any,
+        self, endpoint: Endpoint, config: GatewayConfig, tenant: str, route: Route, raw: bytes, body: Any
     ) -> tuple[Response, str]:
         cohere: tuple[list[str], int | None, bool] | None = None
         if endpoint.shape == "cohere":

@@ -132,7 +132,7 @@ class ConnectionPool:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), self._connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
-            raise ConnectFailed(f"{host}:{port}: {exc or type(exc).__name__}") from None
+            raise ConnectFailed(f"{host}:{port}: {str(exc) or type(exc).__name__}") from None
         return _Conn(reader, writer)
 
     async def _exchange(self, conn: _Conn, key: tuple[str, int], payload: bytes) -> UpstreamResponse:
