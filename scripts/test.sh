@@ -22,6 +22,7 @@ start=$SECONDS
 if [[ "${TEI_MANAGER_SKIP_SETUP:-0}" != 1 ]]; then
   TEI_MANAGER_EXTRAS=worker,tui,dev ./scripts/install.sh
   ./scripts/ensure-docker.sh
+  ./scripts/ensure-test-tools.sh
   log "building the fallback-worker image (skipped when up to date)"
   TEI_MANAGER_WORKER_IMAGE=$(./scripts/build-worker-image.sh)
   export TEI_MANAGER_WORKER_IMAGE
