@@ -1,8 +1,11 @@
 """fallback_worker vs Infinity on the same CPU, model and load generator, in one run.
 
     python3 -m venv /tmp/infvenv
-    /tmp/infvenv/bin/pip install torch==2.13.0 'infinity-emb[server]' 'transformers<5'
+    /tmp/infvenv/bin/pip install torch==2.13.0 'infinity-emb[server,torch]' 'transformers<5'
     python3 benchmarks/worker_vs_infinity.py --infinity-bin /tmp/infvenv/bin/infinity_emb
+
+(`[torch]` brings sentence-transformers, without which Infinity's torch engine does not start.
+Use the CPU build of torch: e.g. PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu.)
 
 Infinity needs transformers<5, hence its own venv; pass its binary with --infinity-bin or
 INFINITY_BIN. Both servers run the packaged all-MiniLM-L6-v2 in bfloat16 and take turns
@@ -135,7 +138,7 @@ def main() -> int:
     args = ap.parse_args()
     if not Path(args.infinity_bin).exists():
         print(f"no Infinity at {args.infinity_bin}; create it with:\n  python3 -m venv /tmp/infvenv && "
-              "/tmp/infvenv/bin/pip install torch==2.13.0 'infinity-emb[server]' 'transformers<5'", file=sys.stderr)
+              "/tmp/infvenv/bin/pip install torch==2.13.0 'infinity-emb[server,torch]' 'transformers<5'", file=sys.stderr)
         return 2
     texts = corpus()
     scenarios = [(c, b) for c in args.concurrency for b in args.batch]

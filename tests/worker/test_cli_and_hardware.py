@@ -79,6 +79,14 @@ def test_cgroup_v1_quota(tmp_path: Path) -> None:
     assert hardware.cgroup_cpu_limit(tmp_path) is None
 
 
+def test_omp_num_threads_wins_over_the_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "cpu.max").write_text("400000 100000\n")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert hardware.torch_threads(tmp_path) == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert hardware.torch_threads(tmp_path) == hardware.usable_cpus(tmp_path)
+
+
 def test_default_dtype() -> None:
     assert hardware.default_dtype("cuda") == "float16"
     assert hardware.default_dtype("cpu", {"avx2", "avx512_bf16"}) == "bfloat16"

@@ -150,6 +150,7 @@ def test_info_health_metrics(embedder) -> None:
     assert info["model_type"] == {"embedding": {"pooling": "cls"}}
     assert info["max_input_length"] == 64 and info["model_dtype"] == "float32"
     assert info["fallback_worker"]["sparse_embeddings"] is True
+    assert info["max_batch_requests"] == 16, "the CPU batch cap in use is reported, as TEI reports its overrides"
     health = embedder.get("/health")
     assert health.status_code == 200 and health.content == b""
     embedder.post("/embed", json={"inputs": ["a", "b"]})

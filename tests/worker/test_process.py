@@ -37,7 +37,7 @@ def test_worker_process_serves_once_warm_and_stops_on_sigterm(tiny_reranker_dir:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MAX_CLIENT_BATCH_SIZE": "8", "HOSTNAME": "not-an-ip"}
     cmd = [
         *_command(), "--model-id", str(tiny_reranker_dir), "--hostname", "127.0.0.1", "--port", str(port),
-        "--dtype", "float32", "--max-batch-tokens", "1024", "--auto-truncate",
+        "--dtype", "float32", "--max-batch-tokens", "1024", "--max-batch-requests", "4", "--auto-truncate",
         # TEI flags this runtime cannot honour must not stop it:
         "--otlp-endpoint", "http://127.0.0.1:4317", "--prometheus-port", "9999", "--disable-spans",
     ]
@@ -64,6 +64,7 @@ def test_worker_process_serves_once_warm_and_stops_on_sigterm(tiny_reranker_dir:
         info = httpx.get(f"http://127.0.0.1:{port}/info", timeout=10).json()
         assert info["max_client_batch_size"] == 8, "env vars are read like TEI's"
         assert info["max_batch_tokens"] == 1024 and info["auto_truncate"] is True
+        assert info["max_batch_requests"] == 4
         r = httpx.post(f"http://127.0.0.1:{port}/rerank", json={"query": "q", "texts": ["a b", "c"]}, timeout=30)
         assert r.status_code == 200 and len(r.json()) == 2
         assert "x-inference-time" in r.headers
