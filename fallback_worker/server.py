@@ -116,7 +116,7 @@ class App:
             except BodyError as exc:
                 return PlainTextResponse(exc.message, status_code=exc.status)
             except TEIError as exc:
-                self.metrics.request_count.inc(method=getattr(exc, "method", method))
+                self.metrics.request_count.inc(method=t.method)
                 self.metrics.failure(exc.metric)
                 return tei_error(exc, openai)
             except ClientGone:
@@ -165,17 +165,13 @@ class App:
     # ---- handlers ------------------------------------------------------------------------
     async def h_embed(self, data: Any, request: Request, t: Timings) -> tuple[Any, str]:
         req = schemas.parse_embed(data)
-        method = "batch" if req.batch else "single"
-        try:
-            matrix = await self.service.embed(
-                req.inputs, truncate=req.truncate, direction=req.direction, prompt_name=req.prompt_name,
-                normalize=req.normalize, dimensions=req.dimensions, t=t, disconnected=self._disconnect_waiter(request),
-            )
-        except TEIError as exc:
-            exc.method = method  # type: ignore[attr-defined]
-            raise
+        t.method = "batch" if req.batch else "single"  # te_request_count's label, failures included
+        matrix = await self.service.embed(
+            req.inputs, truncate=req.truncate, direction=req.direction, prompt_name=req.prompt_name,
+            normalize=req.normalize, dimensions=req.dimensions, t=t, disconnected=self._disconnect_waiter(request),
+        )
         self._done("embed", len(req.inputs), t)
-        return matrix, method
+        return matrix, t.method
 
     async def h_embed_all(self, data: Any, request: Request, t: Timings) -> tuple[Any, str]:
         req = schemas.parse_embed(data)

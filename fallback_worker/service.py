@@ -35,6 +35,7 @@ class Timings:
     inference: float = 0.0
     tokens: int = 0
     characters: int = 0
+    method: str = "batch"  # TEI's te_request_count label: "single" for one input, else "batch"
 
     @property
     def total(self) -> float:

@@ -28,6 +28,19 @@ def test_batches_are_length_sorted_and_within_the_padded_budget() -> None:
     assert padded - sum(lengths) < 40
 
 
+def test_a_few_long_inputs_do_not_pad_the_short_ones() -> None:
+    # One client request of 16: twelve short sentences and four long ones. Filling a batch of 16
+    # would pad all twelve short ones to 120 tokens (1920 padded tokens); split, far fewer.
+    lengths = [5] * 12 + [120] * 4
+    batches = plan_batches(_jobs(lengths), max_batch_tokens=16384, max_batch_requests=16)
+    assert [[j.length for j in b] for b in batches] == [[5] * 12, [120] * 4]
+
+
+def test_equal_lengths_fill_batches_up_to_the_cap() -> None:
+    batches = plan_batches(_jobs([20] * 40), max_batch_tokens=16384, max_batch_requests=16)
+    assert sorted(len(b) for b in batches) == [8, 16, 16]
+
+
 def test_request_cap_and_tasks_do_not_mix() -> None:
     jobs = _jobs([5] * 5) + _jobs([5] * 2, task="classify")
     batches = plan_batches(jobs, max_batch_tokens=10_000, max_batch_requests=2)
@@ -49,10 +62,10 @@ def test_windows_serve_the_queue_in_arrival_order(embedder_engine) -> None:
     class Recording:
         # The real engine; records each batch's input lengths, and holds the first batch at a gate
         # so that the queue can fill up behind it.
-        def __getattr__(self, name: str):  # noqa: ANN204
+        def __getattr__(self, name: str):
             return getattr(embedder_engine, name)
 
-        def run(self, task, batch):  # noqa: ANN001, ANN202
+        def run(self, task, batch):
             entered.set()
             gate.wait(30)
             order.extend(len(e.ids) for e in batch)
