@@ -91,6 +91,7 @@ def routes_from_plan(profile: Profile, plan: Plan, *, instance_concurrency: int 
                 hub_id=first.model.hub_id,
                 served_model_name=first.served_model_name,
                 tasks=_tasks(profile, first),
+                task=first.task,
                 replicas=tuple(upstream_url(i.bind, i.host_port) for i in instances),
                 replica_names=tuple(i.name for i in instances),
                 capacity_per_replica=instance_capacity(profile, deployment, instance_concurrency),

@@ -49,6 +49,7 @@ class Route:
     replica_names: tuple[str, ...] = ()  # instance names, same order (metrics labels)
     capacity_per_replica: int | None = None  # None: the gateway does not hold requests back
     max_client_batch_size: int = 32  # inputs per upstream request; bigger OpenAI/Cohere calls are split
+    task: str = ""  # what the deployment was planned for; `tasks` may add what its model can also do
 
     @property
     def names(self) -> frozenset[str]:
@@ -83,11 +84,21 @@ class RouteTable:
                 raise RoutingError(
                     400, "Validation", f"model '{model}' does not serve {task} (it serves {', '.join(served)})"
                 )
-            return _one(fitting, tenant, f"model '{model}'")
+            return _one(_planned_for(fitting, task), tenant, f"model '{model}'")
         fitting = [r for r in visible if _serves(r, task)]
         if not fitting:
             raise RoutingError(404, "ModelNotFound", f"no model that serves {task} is available; {_choices(visible)}")
-        return _one(fitting, tenant, f"{task} requests")
+        return _one(_planned_for(fitting, task), tenant, f"{task} requests")
+
+
+def _planned_for(candidates: list[Route], task: RouteTask) -> list[Route]:
+    """Deployments planned for the task win over ones that merely can do it.
+
+    An embedding model deployed for bi-encoder reranking can embed too; an /embed call naming that
+    model belongs on its embed deployment, not on the reranker's.
+    """
+    planned = [r for r in candidates if r.task == task]
+    return planned or candidates
 
 
 def _serves(route: Route, task: RouteTask) -> bool:

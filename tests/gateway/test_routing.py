@@ -81,3 +81,18 @@ def test_keyring_maps_keys_to_tenants_without_storing_them() -> None:
         KeyRing({"a": ["same"], "b": ["same"]})
     assert bearer_token("Bearer  abc ") == "abc" and bearer_token("bearer abc") == "abc"
     assert bearer_token("Basic abc") is None and bearer_token(None) is None
+
+
+def test_a_model_deployed_twice_goes_to_the_deployment_planned_for_the_route() -> None:
+    """The quickstart serves one embedding model twice: for /embed and, as a bi-encoder, for /rerank.
+
+    Naming the model on an embeddings route must reach the embed deployment, not be ambiguous.
+    """
+    embed = Route("demo-embed", "demo", False, "minilm", "org/minilm", "org/minilm",
+                  frozenset({"embed"}), ("http://a",), ("demo-embed",), 4, task="embed")
+    rerank = Route("demo-rerank", "demo", False, "minilm", "org/minilm", "org/minilm",
+                   frozenset({"embed", "rerank"}), ("http://b",), ("demo-rerank",), 4, task="rerank")
+    table = RouteTable([embed, rerank])
+    assert table.resolve("demo", "embed", "org/minilm").deployment == "demo-embed"
+    assert table.resolve("demo", "embed", None).deployment == "demo-embed"
+    assert table.resolve("demo", "rerank", "minilm").deployment == "demo-rerank"
