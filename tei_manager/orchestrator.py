@@ -273,10 +273,13 @@ def _last_log_line(backend: Backend, obs: ObservedInstance) -> str | None:
 class _Journal:
     """Undo steps of a running apply, run in reverse on failure."""
 
-    def __init__(self, backend: Backend, on_event: EventSink | None, probe: HealthProbe) -> None:
+    def __init__(self, backend: Backend, on_event: EventSink | None, probe: HealthProbe, *,
+                 clock: Clock, restore_timeout_s: float) -> None:
         self.backend = backend
         self.on_event = on_event
         self.probe = probe
+        self.clock = clock
+        self.restore_timeout_s = restore_timeout_s
         self.undo: list[tuple[str, str, Callable[[], None]]] = []
         self.aside: list[list[ObservedInstance]] = []  # old copies to delete on success
 
@@ -300,12 +303,18 @@ def _remove_new(backend: Backend, cell: list[ObservedInstance]) -> Callable[[], 
     return undo
 
 
-def _restore_old(backend: Backend, cell: list[ObservedInstance], was_running: bool) -> Callable[[], None]:
+def _restore_old(journal: _Journal, cell: list[ObservedInstance], was_running: bool) -> Callable[[], None]:
     def undo() -> None:
+        backend = journal.backend
         current = backend.refresh(cell[0]) or cell[0]
         current = backend.rename(current, "")
         if was_running:
-            backend.start(current)
+            current = backend.start(current)
+            # "As it was before" is only true once the old version answers again; a restore that
+            # does not come back is reported as an incomplete rollback instead of passing silently.
+            if current.plan is not None:
+                wait_healthy(backend, current, current.plan, timeout_s=journal.restore_timeout_s,
+                             on_event=journal.on_event, clock=journal.clock, probe=journal.probe)
     return undo
 
 
@@ -314,7 +323,7 @@ def _set_aside(backend: Backend, journal: _Journal, obs: ObservedInstance, stop_
     was_running = obs.state in ("running", "restarting")
     _emit(journal.on_event, InstanceStep(obs.name, "stopping", "old version kept until the new one is healthy"))
     cell = [obs]
-    journal.add(obs.name, "restore the previous instance", _restore_old(backend, cell, was_running))
+    journal.add(obs.name, "restore the previous instance", _restore_old(journal, cell, was_running))
     if obs.state in ("running", "restarting", "paused"):
         cell[0] = backend.stop(obs, timeout_s=stop_timeout_s)
     cell[0] = backend.rename(cell[0], "old")
@@ -400,7 +409,9 @@ def _apply(plan: Plan, backend: Backend, *, on_event: EventSink | None, timeout_
         for action in leftovers:
             _emit(on_event, InstanceStep(action.name, "removing", action.reason))
             backend.remove(action.observed)  # type: ignore[arg-type]
-        journal = _Journal(backend, on_event, probe)
+        # A restored instance was healthy minutes ago with its model cached: the same time budget as
+        # a start is generous, and it bounds how long a failed apply can take to hand back.
+        journal = _Journal(backend, on_event, probe, clock=clock, restore_timeout_s=timeout_s)
         # Removals first: a deployment renamed in the profile may reuse the port of the old name.
         ordered = [a for a in work if a.kind == "remove"] + [a for a in work if a.kind in ("create", "replace")]
         try:

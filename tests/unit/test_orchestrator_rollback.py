@@ -86,6 +86,16 @@ def test_failed_replace_restores_the_old_instance_and_says_why(fake):
     assert handles(fake) == before  # same ids, all running, no leftover copy
 
 
+def test_a_restored_instance_that_stays_unhealthy_makes_an_incomplete_rollback(fake):
+    """Rollback waits for the previous version to answer again instead of claiming success."""
+    run(fake, plan(instance("a", port=1)))
+    fake.unhealthy.add("a")  # from now on neither the new nor the restored version answers /health
+    with pytest.raises(ApplyError) as err:
+        run(fake, plan(instance("a", port=1, tokens=8192)), timeout_s=5)
+    assert "rollback incomplete" in err.value.what
+    assert "restore the previous instance failed" in err.value.what
+
+
 def test_gpu_start_failure_rolls_back_instances_created_earlier_in_the_same_apply(fake):
     run(fake, plan(instance("a", port=1)))
     before = handles(fake)
