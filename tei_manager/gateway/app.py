@@ -35,6 +35,7 @@ from starlette.routing import Route as HttpRoute
 from tei_manager.core.models import Profile
 from tei_manager.core.plan import Plan
 from tei_manager.gateway import adapters
+from tei_manager.gateway.background import cancel_and_wait
 from tei_manager.gateway.config import GatewayConfig, build_config
 from tei_manager.gateway.errors import error_response, too_many, unauthorized
 from tei_manager.gateway.events import RestartFeed
@@ -439,8 +440,7 @@ def create_app(
         try:
             yield
         finally:
-            if feed_task is not None:
-                feed_task.cancel()
+            await cancel_and_wait(feed_task)
             if reloader is not None:
                 await reloader.stop()
             await gateway.prober.stop()

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 
+from tei_manager.gateway.background import cancel_and_wait
 from tei_manager.gateway.upstream import ConnectionPool, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,4 @@ class Prober:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)

@@ -15,6 +15,8 @@ import signal
 from collections.abc import Callable
 from typing import TypeVar
 
+from tei_manager.gateway.background import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 C = TypeVar("C")
@@ -91,9 +93,4 @@ class Reloader:
     async def stop(self) -> None:
         if self._signal_installed:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
