@@ -3,7 +3,9 @@
     python3 benchmarks/worker_ceiling.py
 
 1. Ceiling: the packaged all-MiniLM-L6-v2 forward pass in this process, inputs pre-tokenized and
-   sorted by length, at the best of several batch sizes (inputs/s).
+   sorted by length, at the best of several batch sizes (inputs/s). One pass at a time with all
+   torch threads, as the worker ran before it had two forward threads on CPU; the server can now
+   exceed it.
 2. Server: the same model behind `python -m fallback_worker`, loaded by the closed-loop generator at
    concurrency 32 x 16 inputs per request on /v1/embeddings. Goal: server / ceiling >= 0.8.
 3. Accuracy: cosine of bfloat16 to float32 embeddings over the benchmark corpus (goal >= 0.995).

@@ -1,13 +1,17 @@
-"""Admission permits, one queue, and length-sorted dynamic batches run on a dedicated forward thread.
+"""Admission permits, one queue, and length-sorted dynamic batches run on dedicated forward threads.
 
 Flow: a handler takes one permit per input (TEI 1.9: none free means 429 at once), tokenizes in a
-thread pool, then submits one Job per input. The forward thread takes a window from the head of
+thread pool, then submits one Job per input. A forward thread takes a window from the head of
 the queue (FIFO), sorts it by length (so each padded batch wastes little), cuts it into batches
 within --max-batch-tokens (padded: longest x count) and --max-batch-requests, and runs them in
 order. Windows keep it fair: an input waits for the windows ahead of it, never behind newcomers.
 The window is a few batches long when batches are capped: long enough for sorting to pay, short
 enough that a request's inputs (which arrive together) finish together instead of being spread
 over one huge sorted pass. Jobs whose client went away are dropped before their batch runs.
+
+On CPU two forward threads share the cores (see ``forward_workers``): each takes the next planned
+batch of the current window, and plans the next window when none is left, so the order of windows
+stays FIFO while two batches run at once.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,7 +118,7 @@ def _cheapest_split(ordered: list[Job], max_batch_tokens: int, max_batch_request
 
 
 class Batcher:
-    """Owns the queue and the forward thread. ``submit`` is called on the event loop."""
+    """Owns the queue and the forward threads. ``submit`` is called on the event loop."""
 
     def __init__(
         self,
@@ -123,6 +128,7 @@ class Batcher:
         max_batch_tokens: int,
         max_batch_requests: int | None,
         on_failure: Callable[[BaseException], None] | None = None,
+        forward_workers: int = 1,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
@@ -131,28 +137,31 @@ class Batcher:
         self.healthy = True
         self._on_failure = on_failure
         self._queue: list[Job] = []
+        self._planned: deque[list[Job]] = deque()  # batches of the current window not yet started
         self._cond = threading.Condition()
-        self._model_lock = threading.Lock()
         self._stop = False
-        self._thread: threading.Thread | None = None
+        self.forward_workers = max(1, forward_workers)
+        self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.forward_passes = 0
         # Inputs per sorted window; None (no batch cap, e.g. on GPU) sorts everything queued.
         self.window = None if max_batch_requests is None else WINDOW_BATCHES * max_batch_requests
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._stop = False
-        self._thread = threading.Thread(target=self._run, name="forward", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"forward-{i}", daemon=True) for i in range(self.forward_workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        """Finish what is queued, then end the forward thread (graceful shutdown)."""
+        """Finish what is queued, then end the forward threads (graceful shutdown)."""
         with self._cond:
             self._stop = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=60)
 
     def submit(self, task: str, encoded: Sequence[Encoded]) -> list[Job]:
         assert self._loop is not None, "Batcher.start() was not called"
@@ -164,32 +173,41 @@ class Batcher:
         return jobs
 
     def health_check(self) -> bool:
-        """Cheap while the last batch succeeded; after a failure, a real one-token forward pass."""
+        """Cheap while the last batch succeeded; after a failure, a real one-token forward pass.
+
+        It may overlap a batch: forward passes share no mutable state (eval mode, inference_mode), and
+        the forward threads already run two at once on CPU.
+        """
         if self.healthy:
             return True
         try:
-            with self._model_lock:  # never concurrently with a batch on the forward thread
-                self.engine.health()
+            self.engine.health()
             self.healthy = True
         except Exception:
             log.exception("health forward pass failed")
         return self.healthy
 
-    # ---- forward thread ------------------------------------------------------------------
+    # ---- forward threads -----------------------------------------------------------------
     def _run(self) -> None:
-        self.engine.use_threads()
-        while True:
-            with self._cond:
-                while not self._queue and not self._stop:
-                    self._cond.wait()
-                if not self._queue and self._stop:
-                    return
+        self.engine.use_threads(self.forward_workers)
+        while (batch := self._next_batch()) is not None:
+            self._run_batch(batch)
+
+    def _next_batch(self) -> list[Job] | None:
+        """The next planned batch; plans the next window from the queue when none is left. None: stopped."""
+        with self._cond:
+            while not self._planned and not self._queue and not self._stop:
+                self._cond.wait()
+            if not self._planned:
+                if not self._queue:
+                    return None  # stopping, and everything queued has run
                 take = len(self._queue) if self.window is None else self.window
                 snapshot, self._queue = self._queue[:take], self._queue[take:]
-            for batch in plan_batches(snapshot, self.max_batch_tokens, self.max_batch_requests):
-                self._run_batch(batch)
-            with self._cond:
+                self._planned.extend(plan_batches(snapshot, self.max_batch_tokens, self.max_batch_requests))
                 self.metrics.queue_size.set(len(self._queue))
+                if len(self._planned) > 1:
+                    self._cond.notify()  # an idle forward thread can take the second batch
+            return self._planned.popleft()
 
     def _run_batch(self, batch: list[Job]) -> None:
         live = [j for j in batch if not j.cancelled and not j.future.cancelled()]
@@ -205,9 +223,7 @@ class Batcher:
         for job in live:
             job.started = start
         try:
-            with self._model_lock:
-                results = self.engine.run(live[0].task, [j.encoded for j in live])
-            self.forward_passes += 1
+            results = self.engine.run(live[0].task, [j.encoded for j in live])
             error: BaseException | None = None
         except Exception as exc:
             log.exception("forward pass failed")

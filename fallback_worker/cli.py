@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--device", envvar="FALLBACK_DEVICE", help="cpu | cuda | cuda:N (default: cuda when available)")
     add("--warmup", envvar="FALLBACK_WARMUP", type=parse_bool, default=True, nargs="?", const=True,
         help="run one warm-up batch before opening the port")
+    add("--forward-workers", envvar="FALLBACK_FORWARD_WORKERS", type=int,
+        help="forward passes run at once, sharing the torch threads (default: 2 on CPU, 1 on CUDA)")
     return p
 
 
@@ -159,6 +161,7 @@ def to_config(ns: argparse.Namespace) -> WorkerConfig:
         cors_allow_origin=[o for v in ns.cors_allow_origin for o in v.split(",")] if ns.cors_allow_origin else None,
         rerank_mode=ns.rerank_mode,
         device=ns.device,
+        forward_workers=ns.forward_workers,
     )
 
 

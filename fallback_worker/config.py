@@ -31,6 +31,7 @@ class WorkerConfig:
     # Beyond TEI:
     rerank_mode: str = "cross-encoder"  # or "bi-encoder": /rerank by cosine on an embedding model
     device: str | None = None
+    forward_workers: int | None = None  # threads running forward passes at once; None: 2 on CPU, 1 on CUDA
 
     @property
     def model_name(self) -> str:

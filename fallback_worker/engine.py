@@ -130,10 +130,11 @@ class Engine:
         self.threads = hardware.torch_threads() if self.device.type == "cpu" else None
         self.use_threads()
 
-    def use_threads(self) -> None:
-        """Size torch's intra-op pool to the CPU quota; called on every thread that runs the model."""
+    def use_threads(self, share: int = 1) -> None:
+        """Size torch's intra-op pool to the CPU quota, split between ``share`` threads that run the
+        model at once; called on every thread that runs the model (the setting is per thread)."""
         if self.threads is not None:
-            torch.set_num_threads(self.threads)
+            torch.set_num_threads(max(1, self.threads // share))
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod

@@ -58,6 +58,11 @@ def tei_error(exc: TEIError, openai: bool) -> Response:
 
 
 CPU_MAX_BATCH_REQUESTS = 16
+# Two forward passes at once on CPU, each with half of the torch threads. One pass over a batch
+# leaves the cores partly idle: Python module calls, per-op thread wake-ups and barriers, and small
+# matmuls that one core does about as fast as two (a one-input batch took 8 ms on 1 thread and
+# 14 ms on 2). A second pass fills those gaps. See docs/benchmarks.md for the measurements.
+CPU_FORWARD_WORKERS = 2
 
 Handler = Callable[[Any, Request, Timings], Awaitable[tuple[Any, str]]]
 
@@ -76,8 +81,12 @@ class App:
             # latency keeps growing, and smaller batches let responses overlap the next forward
             # pass. TEI's CPU backends cap batches too (ORT forces 8). /info reports the value.
             self.max_batch_requests = CPU_MAX_BATCH_REQUESTS
+        forward_workers = config.forward_workers
+        if forward_workers is None:
+            forward_workers = 1 if engine.threads is None else min(CPU_FORWARD_WORKERS, engine.threads)
         self.batcher = Batcher(
-            engine, self.metrics, max_batch_tokens=config.max_batch_tokens, max_batch_requests=self.max_batch_requests
+            engine, self.metrics, max_batch_tokens=config.max_batch_tokens, max_batch_requests=self.max_batch_requests,
+            forward_workers=forward_workers,
         )
         self.service = Service(engine, config, self.metrics, self.batcher, tokenization_workers)
         self.tokenization_workers = tokenization_workers

@@ -89,3 +89,35 @@ def test_windows_serve_the_queue_in_arrival_order(embedder_engine) -> None:
     # Window = 8 batches x 2 = 16 inputs: the 16 long inputs queued first are served before the
     # short ones queued after them, although sorting alone would have put the short ones first.
     assert order == [3] + [40] * 16 + [2] * 4
+
+
+def test_two_forward_threads_run_two_batches_at_once(embedder_engine) -> None:
+    """With forward_workers=2 a second batch runs while the first is still in the model; stop() drains both."""
+    import threading
+
+    from fallback_worker.batcher import Batcher
+    from fallback_worker.metrics import Metrics
+
+    both_in = threading.Barrier(2, timeout=30)
+
+    class Meeting:
+        # The real engine; each forward pass waits until another one is in the model at the same time.
+        def __getattr__(self, name: str):
+            return getattr(embedder_engine, name)
+
+        def run(self, task, batch):
+            both_in.wait()  # raises BrokenBarrierError (the batch fails) if the passes ran one by one
+            return embedder_engine.run(task, batch)
+
+    async def scenario() -> list:
+        batcher = Batcher(Meeting(), Metrics(64), max_batch_tokens=4096, max_batch_requests=2, forward_workers=2)  # type: ignore[arg-type]
+        batcher.start(asyncio.get_running_loop())
+        try:
+            # One window, two batches of different lengths: one per forward thread.
+            jobs = batcher.submit("embed", [Encoded([5] * n, [0] * n, n) for n in (3, 3, 40, 40)])
+            return await asyncio.gather(*(j.future for j in jobs))
+        finally:
+            batcher.stop()
+
+    rows = asyncio.run(scenario())
+    assert len(rows) == 4 and all(row.shape == rows[0].shape for row in rows)

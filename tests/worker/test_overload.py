@@ -56,7 +56,9 @@ def _wait_until(predicate: Any, what: str, limit: float = 30.0) -> None:
 @pytest.fixture
 def served(embedder_engine: Any) -> Iterator[tuple[App, GatedEngine, str]]:
     gated = GatedEngine(embedder_engine)
-    app = App(gated, WorkerConfig(model_id="tiny", max_concurrent_requests=3), tokenization_workers=1)  # type: ignore[arg-type]
+    # One forward thread, so that a batch held at the gate holds the model (CPU default is two).
+    config = WorkerConfig(model_id="tiny", max_concurrent_requests=3, forward_workers=1)
+    app = App(gated, config, tokenization_workers=1)  # type: ignore[arg-type]
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app.build(), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
