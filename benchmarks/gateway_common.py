@@ -110,7 +110,8 @@ def gateway(profile: Path, port: int, workdir: Path, keys: dict[str, str], *extr
         yield url
 
 
-NGINX_CONF = """
+# nginx as an unprivileged foreground process: every path it writes lives in the run's own directory.
+NGINX_HEAD = """
 worker_processes 1;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
@@ -122,7 +123,9 @@ http {{
   fastcgi_temp_path {dir}/fastcgi;
   uwsgi_temp_path {dir}/uwsgi;
   scgi_temp_path {dir}/scgi;
-  upstream worker {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+"""
+
+NGINX_CONF = NGINX_HEAD + """  upstream worker {{ server 127.0.0.1:{upstream}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{port};
     location / {{
@@ -135,19 +138,7 @@ http {{
 """
 
 
-STATIC_CONF = """
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  server {{
+STATIC_CONF = NGINX_HEAD + """  server {{
     listen 127.0.0.1:{port};
     keepalive_requests 100000;
     location = /health {{ return 200 ''; }}
