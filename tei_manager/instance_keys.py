@@ -1,0 +1,59 @@
+"""Per-instance internal keys: only the gateway and the manager's own probes may call an instance.
+
+Instances listen on loopback ports that any local process can reach, which would let it skip
+tenant keys, priorities and quotas. So every instance is started with an API key of its own
+(TEI's `API_KEY`, which the fallback worker honours too), and the gateway presents it.
+
+The keys are derived, never stored: HMAC-SHA256 of the instance's identity under one random
+secret per state directory (`instance-keys.secret`, mode 0600, made on first use, like an SSH host
+key). So no key appears in a plan, a label, a state record or a log line, and the manager, the
+supervisor and the gateway, which share the state directory, all derive the same key on their own.
+Deleting the secret rotates every key at the next apply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from tei_manager.state import state_root
+
+SECRET_FILE = "instance-keys.secret"
+SECRET_BYTES = 32
+
+
+def _secret(root: Path | None = None) -> bytes:
+    """The state directory's secret, created atomically (0600) by whoever needs it first."""
+    directory = root if root is not None else state_root()
+    path = directory / SECRET_FILE
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fresh = secrets.token_hex(SECRET_BYTES)
+    tmp = directory / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(fresh + "\n")
+    try:
+        os.link(tmp, path)  # fails if another process made it first: then theirs wins
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return bytes.fromhex(path.read_text().strip())
+
+
+def instance_key(profile: str, instance: str, *, root: Path | None = None) -> str:
+    """The key an instance is started with and the gateway presents: 64 hex characters."""
+    message = f"tei-manager/instance/{profile}/{instance}".encode()
+    return hmac.new(_secret(root), message, hashlib.sha256).hexdigest()
+
+
+def bearer(profile: str, instance: str, *, root: Path | None = None) -> dict[str, str]:
+    """The Authorization header that opens an instance."""
+    return {"authorization": f"Bearer {instance_key(profile, instance, root=root)}"}
