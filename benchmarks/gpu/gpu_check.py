@@ -45,7 +45,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks"), str(REPO / "tests")]
 
-from worker_loadgen import Result, run_load  # noqa: E402
+from worker_loadgen import Result, run_load
 
 MIB = 1024 * 1024
 
@@ -99,9 +99,12 @@ class SettingResult:
 def build_model(directory: Path, kind: str, config_values: dict[str, Any], device: str) -> Path:
     """A bge-shaped checkout in `directory`: config, float16 safetensors, tokenizer, ST files."""
     import torch
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification, XLMRobertaModel
-
     from fixtures.tiny_models import train_tokenizer
+    from transformers import (
+        XLMRobertaConfig,
+        XLMRobertaForSequenceClassification,
+        XLMRobertaModel,
+    )
 
     if (directory / "model.safetensors").is_file():
         return directory
@@ -158,14 +161,10 @@ def ceiling(model_dir: Path, kind: str, texts: list[str], queries: list[str], ma
 
     engine = Engine.load(str(model_dir), dtype="float16" if device.startswith("cuda") else "float32",
                          device=device, max_batch_tokens=max_batch_tokens)
-    if kind == "embed":
-        def encode() -> list[Any]:
-            return engine.tokenizer.encode(texts, truncate=True)
-    else:
-        pairs = [(queries[i % len(queries)], t) for i, t in enumerate(texts)]
+    inputs: list[Any] = texts if kind == "embed" else [(queries[i % len(queries)], t) for i, t in enumerate(texts)]
 
-        def encode() -> list[Any]:
-            return engine.tokenizer.encode(pairs, truncate=True)  # type: ignore[arg-type]
+    def encode() -> list[Any]:
+        return engine.tokenizer.encode(inputs, truncate=True)
 
     def batches(encoded: list[Any]) -> Iterator[list[Any]]:
         encoded = sorted(encoded, key=lambda e: len(e.ids))
@@ -191,16 +190,23 @@ def ceiling(model_dir: Path, kind: str, texts: list[str], queries: list[str], ma
             done += len(batch)
     rate = done / (time.perf_counter() - began)
     peak = torch.cuda.max_memory_reserved() / MIB if device.startswith("cuda") else None
-    del engine
+    return rate, peak  # the engine goes with this frame; check_one empties the CUDA cache
+
+
+def release_cuda_cache(device: str) -> None:
+    """Give cached blocks back, so the next server's NVML figure is its own."""
+    import gc
+
+    import torch
+
+    gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-    return rate, peak
 
 
 def accuracy(model_dir: Path, kind: str, texts: list[str], queries: list[str], device: str) -> dict[str, float]:
     """float16 against float32 on the same inputs: min cosine (embed) or max sigmoid-score gap (rerank)."""
     import numpy as np
-    import torch
 
     from fallback_worker.engine import Engine, sigmoid
 
@@ -212,8 +218,7 @@ def accuracy(model_dir: Path, kind: str, texts: list[str], queries: list[str], d
         outputs[dtype] = np.concatenate([np.asarray(engine.run(engine.task_for_model(), encoded[i : i + 16]))
                                          for i in range(0, len(encoded), 16)])
         del engine
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        release_cuda_cache(device)
     a, b = outputs["float16"], outputs["float32"]
     if kind == "embed":
         cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -348,6 +353,7 @@ def check_one(kind: str, model_dir: Path, max_batch_tokens: int, args: argparse.
         result.ceiling_inputs_per_s, result.ceiling_peak_mib = ceiling(
             model_dir, kind, texts, queries, max_batch_tokens, args.device, args.seconds)
         print(f"  ceiling {result.ceiling_inputs_per_s:.1f} inputs/s, peak {result.ceiling_peak_mib} MiB", flush=True)
+        release_cuda_cache(args.device)
         port = free_port()
         log = workdir / f"worker-{kind}-{max_batch_tokens}.log"
         with worker(model_dir, port, max_batch_tokens, args.device, log) as proc:

@@ -1,0 +1,1 @@
+"""Model management: sizing from a model's own files."""
