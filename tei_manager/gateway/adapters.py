@@ -149,16 +149,27 @@ def input_count(value: Any) -> int:
     return 1
 
 
+def _permits(upstream_path: str, inputs: int) -> int:
+    # A bi-encoder reranker (the fallback worker's rerank_mode) embeds the query too: n texts take
+    # n + 1 permits.  The one spare permit a cross-encoder does not use costs nothing.
+    return inputs + 1 if upstream_path == "/rerank" else inputs
+
+
 def count_inputs(upstream_path: str, body: Any) -> int:
-    """Inputs one upstream call carries (the unit the runtime admits in); at least 1."""
+    """Inputs one upstream call carries; at least 1."""
     field = INPUT_FIELDS.get(upstream_path)
     if field is None or not isinstance(body, dict):
         return 1
     return input_count(body.get(field))
 
 
+def count_permits(upstream_path: str, body: Any) -> int:
+    """Admission permits one upstream call takes in the runtime (the unit it admits in)."""
+    return _permits(upstream_path, count_inputs(upstream_path, body))
+
+
 def split_inputs(upstream_path: str, body: Any, size: int) -> list[tuple[bytes, int]] | None:
-    """(body, inputs) per chunk of at most `size` inputs, or None when the call fits as it is."""
+    """(body, permits) per chunk of at most `size` inputs, or None when the call fits as it is."""
     field = INPUT_FIELDS.get(upstream_path)
     if field is None or upstream_path == "/tokenize" or not isinstance(body, dict):
         return None
@@ -168,7 +179,7 @@ def split_inputs(upstream_path: str, body: Any, size: int) -> list[tuple[bytes, 
     for i, item in enumerate(inputs):
         if not isinstance(item, str) and not (isinstance(item, list) and all(isinstance(v, int) for v in item)):
             raise BodyError(f"`{field}[{i}]` must be a string or a list of token ids")
-    return [(orjson.dumps({**body, field: chunk}), len(chunk)) for chunk in _chunks(inputs, size)]
+    return [(orjson.dumps({**body, field: chunk}), _permits(upstream_path, len(chunk))) for chunk in _chunks(inputs, size)]
 
 
 def merge_arrays(bodies: list[bytes], size: int) -> bytes:

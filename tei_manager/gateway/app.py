@@ -234,7 +234,7 @@ class Gateway:
         if rejection is not None:
             raise Overloaded(rejection.message, retry_after_s=rejection.retry_after_s, reason=rejection.reason)
         split = adapters.split_inputs(path, body, route.max_client_batch_size)
-        parts = [Part(b, n) for b, n in split] if split else [Part(raw, inputs)]
+        parts = [Part(b, n) for b, n in split] if split else [Part(raw, adapters.count_permits(path, body))]
         timeout_s = config.settings.upstream_timeout_s
         charged = estimate
         try:
