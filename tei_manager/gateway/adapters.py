@@ -156,11 +156,17 @@ def _permits(upstream_path: str, inputs: int) -> int:
 
 
 def count_inputs(upstream_path: str, body: Any) -> int:
-    """Inputs one upstream call carries; at least 1."""
+    """Inputs one upstream call carries; at least 1.  Refuses (422) inputs of a shape TEI does not
+    take (a string, a list of strings, token ids or lists of token ids), such as deep nesting."""
     field = INPUT_FIELDS.get(upstream_path)
     if field is None or not isinstance(body, dict):
         return 1
-    return input_count(body.get(field))
+    value = body.get(field)
+    if isinstance(value, list) and not all(isinstance(v, int) for v in value):
+        for i, item in enumerate(value):
+            if not isinstance(item, str) and not (isinstance(item, list) and all(isinstance(v, int) for v in item)):
+                raise BodyError(f"`{field}[{i}]` must be a string or a list of token ids")
+    return input_count(value)
 
 
 def count_permits(upstream_path: str, body: Any) -> int:
@@ -176,9 +182,7 @@ def split_inputs(upstream_path: str, body: Any, size: int) -> list[tuple[bytes, 
     inputs = body.get(field)
     if not isinstance(inputs, list) or input_count(inputs) <= size:
         return None
-    for i, item in enumerate(inputs):
-        if not isinstance(item, str) and not (isinstance(item, list) and all(isinstance(v, int) for v in item)):
-            raise BodyError(f"`{field}[{i}]` must be a string or a list of token ids")
+    count_inputs(upstream_path, body)  # the shape check
     return [(orjson.dumps({**body, field: chunk}), _permits(upstream_path, len(chunk))) for chunk in _chunks(inputs, size)]
 
 

@@ -29,7 +29,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HttpRoute
 
@@ -64,6 +64,7 @@ from tei_manager.metrics import GatewayMetrics
 
 log = logging.getLogger("tei_manager.gateway")
 
+CLIENT_CLOSED = 499  # nginx's status for "client closed the request"; never sent, only counted
 OPEN_TENANT = "-"  # metrics label for requests to a gateway without tenants
 # Headers of the upstream answer that clients see: TEI's timing and token counts.
 PASSED_HEADERS = (
@@ -196,6 +197,9 @@ class Gateway:
             route = config.table.resolve(tenant, endpoint.task, _model_name(request, body))
             model_label = route.model_key
             response, instance = await self._serve(endpoint, config, tenant_label, route, raw, body)
+        except ClientDisconnect:
+            # The client went away while sending its body: its business, not a gateway error.
+            response = Response(b"", status_code=CLIENT_CLOSED)
         except RequestRefused as exc:
             if exc.status not in (400, 413, 415, 422):  # bad bodies are the client's, not a refusal
                 self.metrics.rejected(tenant=tenant_label, model=model_label, reason=exc.reason)
@@ -386,7 +390,9 @@ def create_app(
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         kind = "NotFound" if exc.status_code == 404 else "Validation"
-        return error_response(exc.status_code, kind, f"{request.method} {request.url.path}: {exc.detail}")
+        # Starlette's 405 carries `Allow`; keep it (and any other header it set).
+        return error_response(exc.status_code, kind, f"{request.method} {request.url.path}: {exc.detail}",
+                              dict(exc.headers or {}))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
