@@ -158,6 +158,9 @@ class Gateway:
             return
         name = self.config.instance_names.get(url, url)
         log.warning("instance %s is %s", name, "back" if healthy else "out of rotation")
+        if not healthy:
+            # Requests still waiting on it (hung, or stopped) are cut now and retried elsewhere.
+            self.pool.abort(url)
         for route in self._routes_with(url):
             self.qos.configure_pool(route.deployment, self.balancer.capacity(route), self.balancer.input_capacity(route))
             self.metrics.instance_up(instance=name, model=route.model_key, tenant=route.tenant, up=healthy)

@@ -2,7 +2,7 @@
 
 Every class is a `tei_manager.errors.GatewayError` carrying the HTTP status and TEI's
 `error_type`, and renders as TEI's error body `{"error": message, "error_type": Type}`, never a
-stack trace.  `reason` is the metrics label of a refusal (`tei_gateway_rejected_total`).
+stack trace.  `reason` is the metrics label of a refusal (`tei_manager_gateway_rejections_total`).
 
     GatewayError (tei_manager.errors)
     └── RequestRefused            base of every per-request refusal below

@@ -56,7 +56,7 @@ def _tei_error(response: httpx.Response, status: int) -> str:
 
 def _no_500s(server: GatewayThread) -> None:
     text = httpx.get(server.url + "/metrics", timeout=10).text
-    assert not [line for line in text.splitlines() if line.startswith("tei_gateway_requests_total")
+    assert not [line for line in text.splitlines() if line.startswith("tei_manager_gateway_requests_total")
                 and 'status="500"' in line]
 
 
