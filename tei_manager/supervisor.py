@@ -27,16 +27,23 @@ from __future__ import annotations
 import os
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from tei_manager.backends.base import Backend
 from tei_manager.core.diff import ObservedInstance
 from tei_manager.core.plan import InstancePlan, Plan
 from tei_manager.errors import BackendError
-from tei_manager.health import BackoffPolicy, Clock, HealthProbe, HealthTracker, HttpHealthProbe, SystemClock
+from tei_manager.health import (
+    BackoffPolicy,
+    Clock,
+    HealthProbe,
+    HealthTracker,
+    HttpHealthProbe,
+    SystemClock,
+)
 from tei_manager.state import ProfileBusy, RecordedEvent, append_event, profile_lock
 
 # How long an instance being replaced may take to exit on SIGTERM before it is killed.

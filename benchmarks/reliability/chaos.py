@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Tally, deployment, instance_up, load, max_rss_mib  # noqa: E402
+from common import Tally, deployment, instance_up, load, max_rss_mib
 
 WALL_CAP_S = 180.0
 

@@ -71,10 +71,10 @@ def deployment(name: str, replicas: int, *, supervise: bool) -> Iterator[Deploym
         os.environ["RELIABILITY_KEY"] = KEY
         from tei_manager.backends.process import ProcessBackend
         from tei_manager.core.models import Profile
+        from tei_manager.core.planner import plan as make_plan
         from tei_manager.health import BackoffPolicy
         from tei_manager.orchestrator import apply, down
         from tei_manager.probe import host_facts
-        from tei_manager.core.planner import plan as make_plan
         from tei_manager.supervisor import Supervisor
 
         base = free_port_block(replicas + 1)
@@ -84,7 +84,7 @@ def deployment(name: str, replicas: int, *, supervise: bool) -> Iterator[Deploym
         plan = make_plan(Profile.model_validate(data), host_facts(docker=False))
         backend = ProcessBackend()
         apply(plan, backend, timeout_s=300)
-        log = open(Path(tmp) / "gateway.log", "wb")
+        log = open(Path(tmp) / "gateway.log", "wb")  # noqa: SIM115 - outlives this block; closed in finally
         gw = subprocess.Popen([sys.executable, __file__, str(path)], stdout=log, stderr=subprocess.STDOUT,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
         url = f"http://127.0.0.1:{base + replicas}"

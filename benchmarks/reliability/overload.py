@@ -23,7 +23,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import KEY, Tally, deployment, load, max_rss_mib  # noqa: E402
+from common import KEY, Tally, deployment, load, max_rss_mib
 
 PERMITS = 64  # the worker's max_concurrent_requests in common.profile_data
 
@@ -41,7 +41,7 @@ async def scenario(args: argparse.Namespace) -> dict[str, object]:
         async with httpx.AsyncClient(timeout=30) as http:
             probe = await http.post(dep.gateway_url + "/embed", json={"inputs": "after"},
                                     headers={"Authorization": f"Bearer {KEY}"})
-        metrics = httpx.get(dep.gateway_url + "/metrics", timeout=5).text
+            metrics = (await http.get(dep.gateway_url + "/metrics")).text
         rejected = {line.split('reason="', 1)[1].split('"', 1)[0]: float(line.split()[-1])
                     for line in metrics.splitlines()
                     if line.startswith("tei_manager_gateway_rejections_total{")}

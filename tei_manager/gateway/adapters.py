@@ -74,7 +74,8 @@ def _doc_text(doc: Any) -> str | None:
     if isinstance(doc, str):
         return doc
     if isinstance(doc, dict) and isinstance(doc.get("text"), str):
-        return doc["text"]
+        text: str = doc["text"]
+        return text
     return None
 
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -37,8 +36,8 @@ from tei_manager.core.models import Profile
 from tei_manager.core.plan import Plan
 from tei_manager.gateway import adapters
 from tei_manager.gateway.background import cancel_and_wait
-from tei_manager.gateway.config import GatewayConfig, build_config
 from tei_manager.gateway.body import read_json
+from tei_manager.gateway.config import GatewayConfig, build_config
 from tei_manager.gateway.dispatch import Dispatcher, Part
 from tei_manager.gateway.errors import (
     BadUpstream,
@@ -58,7 +57,7 @@ from tei_manager.gateway.proxy import Forwarded, NoReplica, Proxy
 from tei_manager.gateway.proxy import UpstreamTimedOut as ProxyTimedOut
 from tei_manager.gateway.qos import AdmissionController, Ticket
 from tei_manager.gateway.reload import Reloader
-from tei_manager.gateway.routing import Balancer, Route, RouteTask, RoutingError
+from tei_manager.gateway.routing import Balancer, Route, RouteTask
 from tei_manager.gateway.upstream import ConnectionPool, UpstreamResponse
 from tei_manager.metrics import GatewayMetrics
 
@@ -331,8 +330,9 @@ def _merge(done: list[Forwarded], path: str, size: int, *, complete: bool) -> Fo
 
 
 def _model_name(request: Request, body: Any) -> str | None:
-    if isinstance(body, dict) and isinstance(body.get("model"), str) and body["model"]:
-        return body["model"]
+    model = body.get("model") if isinstance(body, dict) else None
+    if isinstance(model, str) and model:
+        return model
     return request.headers.get("x-model") or request.query_params.get("model") or None
 
 

@@ -17,7 +17,12 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
-from tei_manager.gateway.errors import InvalidBody, PayloadTooLarge, RequestRefused, UnsupportedMediaType
+from tei_manager.gateway.errors import (
+    InvalidBody,
+    PayloadTooLarge,
+    RequestRefused,
+    UnsupportedMediaType,
+)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 BODY_TIMEOUT_S = 30.0

@@ -142,7 +142,7 @@ class Balancer:
     """In-flight counts and health per replica URL; survives reloads (keyed by URL)."""
 
     replicas: dict[str, ReplicaState] = field(default_factory=dict)
-    _tick: itertools.count = field(default_factory=itertools.count)
+    _tick: itertools.count[int] = field(default_factory=itertools.count)
 
     def state(self, url: str) -> ReplicaState:
         if url not in self.replicas:
@@ -157,7 +157,8 @@ class Balancer:
             return None
         low = min(c.in_flight for c in candidates)
         tied = [c for c in candidates if c.in_flight == low]
-        return tied[next(self._tick) % len(tied)].url
+        url: str = tied[next(self._tick) % len(tied)].url
+        return url
 
     def started(self, url: str, inputs: int = 1) -> None:
         self.state(url).in_flight += inputs

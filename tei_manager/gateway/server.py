@@ -27,7 +27,7 @@ HEADER_TIMEOUT_S = 10.0
 def guarded_protocol(header_timeout_s: float = HEADER_TIMEOUT_S, base: type[Any] = _Base) -> type[Any]:
     """`base` (a uvicorn HTTP protocol class) that enforces a header deadline."""
 
-    class HeaderDeadline(base):  # type: ignore[misc,valid-type]
+    class HeaderDeadline(base):  # type: ignore[misc]
         _header_timer: asyncio.TimerHandle | None = None
 
         def _awaiting_headers(self) -> bool:
@@ -47,7 +47,7 @@ def guarded_protocol(header_timeout_s: float = HEADER_TIMEOUT_S, base: type[Any]
             if self._awaiting_headers() and not self.transport.is_closing():
                 self.transport.close()
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             self._arm()
 

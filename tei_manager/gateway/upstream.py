@@ -129,7 +129,7 @@ class ConnectionPool:
             except _StaleConnection:
                 if conn.aborted:
                     raise UpstreamBroken(f"{host}:{port}: cut off (taken out of rotation)") from None
-                pass  # the server had closed it while idle: nothing ran, try a fresh connection
+                # the server had closed it while idle: nothing ran, try a fresh connection
         conn = await self._connect(host, port)
         try:
             return await self._exchange(conn, (host, port), payload)

@@ -17,7 +17,14 @@ from typing import Any
 
 import httpx
 import pytest
-from gw_harness import GatewayThread, WorkerProcess, bearer, free_port_block, plan_for, start_workers
+from gw_harness import (
+    GatewayThread,
+    WorkerProcess,
+    bearer,
+    free_port_block,
+    plan_for,
+    start_workers,
+)
 from prometheus_client import CollectorRegistry
 
 from tei_manager.core.models import Profile
