@@ -4,11 +4,16 @@
 
 One request, in order:
 1. `Authorization: Bearer <key>` -> tenant (401 when missing or unknown).
-2. Route + `model` (body field, `X-Model` header or `?model=`) -> deployment (403/404/400).
-3. Rate and token budgets (429 + Retry-After), then a slot in the deployment's pool, waiting in
-   priority order for at most the tenant's `max_wait_ms` (429 + Retry-After when it runs out).
-4. Proxy to the least busy healthy replica, retrying once elsewhere on a dead connection or 503.
-5. Reconcile the token estimate with the upstream's `x-compute-tokens`; record metrics.
+2. The body: JSON only, size- and time-capped while it streams (body.py).
+3. Route + `model` (body field, `X-Model` header or `?model=`) -> deployment (403/404/400); at
+   most `gateway.max_request_inputs` inputs (413).
+4. Rate and token budgets (429 + Retry-After); then, per upstream request (a call above the
+   deployment's `max_client_batch_size` is split), room in the deployment's pool counted in
+   requests and input permits, waiting in priority order (dispatch.py, qos.py).
+5. Proxy to the replica with the fewest inputs in flight, retrying once elsewhere on a dead or
+   cut connection, a per-try timeout, 503 or 429 (proxy.py).
+6. Merge split answers; reconcile the token estimate with the upstream's `x-compute-tokens`;
+   record metrics.
 
 The gateway's configuration (`GatewayConfig`) is replaced whole on reload; in-flight requests
 keep the one they started with.

@@ -7,11 +7,16 @@ at a time (slowloris): such connections pile up until the process runs out of de
 app (see body.py), where the size cap is checked as they stream.
 
     uvicorn.run(app, host=..., port=..., **server_options())
+
+It also rate-limits uvicorn's per-request warnings ("Invalid HTTP request received."): a client
+sending garbage must not be able to flood the log, one line per message per minute is enough.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -72,6 +77,37 @@ def guarded_protocol(header_timeout_s: float = HEADER_TIMEOUT_S, base: type[Any]
     return HeaderDeadline
 
 
+class OncePerInterval(logging.Filter):
+    """Lets each distinct warning message through at most once per `interval_s`, with a count of
+    the ones it held back."""
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or record.levelno >= logging.ERROR:
+            return True
+        key = str(record.msg)
+        now = time.monotonic()
+        last, held = self._last.get(key, (float("-inf"), 0))
+        if now - last < self.interval_s:
+            self._last[key] = (last, held + 1)
+            return False
+        self._last[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like it in the last {self.interval_s:g} s)"
+        return True
+
+
+def quiet_uvicorn_warnings(interval_s: float = 60.0) -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, OncePerInterval) for f in logger.filters):
+        logger.addFilter(OncePerInterval(interval_s))
+
+
 def server_options(header_timeout_s: float = HEADER_TIMEOUT_S) -> dict[str, Any]:
-    """Keyword arguments for `uvicorn.run` / `uvicorn.Config`."""
+    """Keyword arguments for `uvicorn.run` / `uvicorn.Config` (also rate-limits uvicorn's warnings)."""
+    quiet_uvicorn_warnings()
     return {"http": guarded_protocol(header_timeout_s), "timeout_keep_alive": 5}
