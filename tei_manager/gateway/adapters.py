@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from tei_manager.gateway.errors import InvalidBody
+from tei_manager.gateway.errors import BadUpstream, InvalidBody
 
 # Roughly 4 bytes of text per token for the WordPiece/SentencePiece vocabularies of the models
 # served here, plus the special tokens around each sequence.  Only a reservation: the real
@@ -110,7 +110,7 @@ def tei_to_cohere(
 ) -> dict[str, Any]:
     ranked = json.loads(tei_body)
     if not isinstance(ranked, list):
-        raise BodyError("the upstream answered /rerank with something other than a list", 502, "Backend")
+        raise BadUpstream("the upstream answered /rerank with something other than a list")
     ranked = sorted(ranked, key=lambda r: r["score"], reverse=True)  # TEI sorts already; be sure
     if top_n is not None:
         ranked = ranked[:top_n]

@@ -41,16 +41,18 @@ from tei_manager.core.models import Profile
 from tei_manager.core.plan import Plan
 from tei_manager.gateway import adapters
 from tei_manager.gateway.background import cancel_and_wait
-from tei_manager.gateway.body import read_json
+from tei_manager.gateway.body import BodyTimedOut, read_json
 from tei_manager.gateway.config import GatewayConfig, build_config
 from tei_manager.gateway.dispatch import Dispatcher, Part
 from tei_manager.gateway.errors import (
     BadUpstream,
+    InvalidBody,
     Overloaded,
     PayloadTooLarge,
     RequestRefused,
     Unauthorized,
     Unhealthy,
+    UnsupportedMediaType,
     UpstreamTimedOut,
     error_response,
 )
@@ -68,6 +70,7 @@ from tei_manager.metrics import GatewayMetrics
 
 log = logging.getLogger("tei_manager.gateway")
 
+BODY_ERRORS = (InvalidBody, PayloadTooLarge, UnsupportedMediaType, BodyTimedOut)
 CLIENT_CLOSED = 499  # nginx's status for "client closed the request"; never sent, only counted
 OPEN_TENANT = "-"  # metrics label for requests to a gateway without tenants
 # Headers of the upstream answer that clients see: TEI's timing and token counts.
@@ -208,7 +211,7 @@ class Gateway:
             # The client went away while sending its body: its business, not a gateway error.
             response = Response(b"", status_code=CLIENT_CLOSED)
         except RequestRefused as exc:
-            if exc.status not in (400, 413, 415, 422):  # bad bodies are the client's, not a refusal
+            if not isinstance(exc, BODY_ERRORS):  # a broken body is the client's mistake, not a refusal
                 self.metrics.rejected(tenant=tenant_label, model=model_label, reason=exc.reason)
             response = exc.response()
         except Exception:  # never a stack trace to the client
