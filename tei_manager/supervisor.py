@@ -12,6 +12,11 @@ exponential back-off between restarts in a row (health.BackoffPolicy).  Instance
 engine is already restarting by itself (Docker's restart policy) are left to it.  Instances
 whose spec differs from the plan are not touched: that is `apply`'s job.
 
+A restart stops the old instance with SIGTERM and, after `STOP_GRACE_S`, SIGKILL: an instance
+the supervisor replaces is already failing, and one that is hung (or SIGSTOPped) never honours
+SIGTERM.  Each round also reaps any child process of ours that has exited, so restarts leave no
+zombies behind.
+
 Restarts are counted in memory and appended to the profile's event log
 (tei_manager.state), which `status` adds to the engine's own restart count, so the number
 survives the supervisor and is the same whoever reads it.
@@ -19,18 +24,30 @@ survives the supervisor and is the same whoever reads it.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from tei_manager.backends.base import Backend
 from tei_manager.core.diff import ObservedInstance
 from tei_manager.core.plan import InstancePlan, Plan
 from tei_manager.errors import BackendError
-from tei_manager.health import BackoffPolicy, Clock, HealthProbe, HealthTracker, HttpHealthProbe, SystemClock
+from tei_manager.health import (
+    BackoffPolicy,
+    Clock,
+    HealthProbe,
+    HealthTracker,
+    HttpHealthProbe,
+    SystemClock,
+)
 from tei_manager.state import ProfileBusy, RecordedEvent, append_event, profile_lock
+
+# How long an instance being replaced may take to exit on SIGTERM before it is killed.
+STOP_GRACE_S = 3.0
 
 EventKind = Literal["healthy", "unhealthy", "exited", "missing", "engine-restarted", "drifted",
                     "restarting", "restarted", "restart-failed"]
@@ -101,6 +118,7 @@ class Supervisor:
         observed = {o.name: o for o in self.backend.list(self.plan.profile) if not o.slot}
         for inst in self.plan.instances:
             self._check(inst, observed.get(inst.name))
+        reap_children()
 
     def _check(self, inst: InstancePlan, obs: ObservedInstance | None) -> None:
         now = self.clock.monotonic()
@@ -159,7 +177,7 @@ class Supervisor:
                 created = self.backend.create(inst)
                 self.backend.start(created)
             else:
-                self.backend.restart(obs)
+                self.backend.restart(obs, timeout_s=STOP_GRACE_S)
         except BackendError as exc:
             tracker.restarted(now)  # failed attempts back off too
             tracker.phase = "down"
@@ -196,3 +214,44 @@ class Supervisor:
                 wait = max(0.0, t.next_restart_at() - now) if t.last_restart_at is not None else 0.0
             rows.append(InstanceHealth(inst.name, t.phase, t.consecutive_failures, t.restarts, t.last_error, wait))
         return rows
+
+
+def _zombie_children() -> list[int]:
+    """Our exited-but-unreaped children (Linux /proc; an empty list elsewhere)."""
+    pids: list[int] = []
+    try:
+        tasks = list(Path("/proc/self/task").iterdir())
+    except OSError:
+        return pids
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in children:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            if stat.rpartition(")")[2].split()[0] == "Z":
+                pids.append(int(pid))
+    return pids
+
+
+def reap_children() -> None:
+    """Collect the exit status of every child of ours that has exited.
+
+    Children the process backend started are reaped through their `Popen` (which keeps the exit
+    code for `status`); any other exited child is reaped directly.
+    """
+    from tei_manager.backends import process  # the registry of the children it started
+
+    for pid in _zombie_children():
+        child = process._CHILDREN.get(pid)
+        if child is not None:
+            child.poll()
+            continue
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass

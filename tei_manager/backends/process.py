@@ -260,6 +260,7 @@ class ProcessBackend(Backend):
         pid = record.get("pid")
         if pid and self._alive(record):
             self._signal(pid, signal.SIGTERM)
+            self._signal(pid, signal.SIGCONT)  # a stopped (SIGSTOP) process acts on SIGTERM only once resumed
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline and self._alive(record):
                 time.sleep(0.1)

@@ -253,6 +253,9 @@ class GatewaySettings(Strict):
     bind: str = Field(DEFAULT_BIND, description="Address the gateway listens on.")
     port: int = Field(8080, ge=1, le=65535, description="Port the gateway listens on; no instance may use it.")
     upstream_timeout_s: float = Field(60.0, gt=0, description="Longest wait for an instance's answer.")
+    max_request_inputs: int = Field(
+        2048, ge=1, description="Most inputs (texts, documents) in one client request; more is refused with 413."
+    )
 
 
 class Profile(Strict):

@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
+
+import orjson
+
+from tei_manager.gateway.errors import BadUpstream, InvalidBody
 
 # Roughly 4 bytes of text per token for the WordPiece/SentencePiece vocabularies of the models
 # served here, plus the special tokens around each sequence.  Only a reservation: the real
@@ -22,13 +27,11 @@ BYTES_PER_TOKEN = 4
 SPECIAL_TOKENS = 2
 
 
-class BodyError(Exception):
+class BodyError(InvalidBody):
     """A request body the gateway cannot use (TEI answers such bodies with 422)."""
 
     def __init__(self, message: str, status: int = 422, error_type: str = "Validation") -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
+        super().__init__(message, status=status)
         self.error_type = error_type
 
 
@@ -36,14 +39,20 @@ def _text_tokens(text: str) -> int:
     return len(text.encode("utf-8")) // BYTES_PER_TOKEN + SPECIAL_TOKENS
 
 
-def _input_tokens(value: Any) -> int:
+def _one_input_tokens(value: Any) -> int:
     if isinstance(value, str):
         return _text_tokens(value)
     if isinstance(value, list):
-        if value and all(isinstance(v, int) for v in value):
-            return len(value)  # one input given as token ids
-        return sum(_input_tokens(v) for v in value)
+        return len(value)  # one input given as token ids
     return 0
+
+
+def _input_tokens(value: Any) -> int:
+    # Two levels at most (a list of texts or of token-id lists): deeper bodies are invalid and the
+    # runtime refuses them; walking them here would only risk a RecursionError.
+    if isinstance(value, list) and not all(isinstance(v, int) for v in value):
+        return sum(_one_input_tokens(v) for v in value)
+    return _one_input_tokens(value)
 
 
 def estimate_tokens(task: str, body: Any) -> int:
@@ -65,7 +74,8 @@ def _doc_text(doc: Any) -> str | None:
     if isinstance(doc, str):
         return doc
     if isinstance(doc, dict) and isinstance(doc.get("text"), str):
-        return doc["text"]
+        text: str = doc["text"]
+        return text
     return None
 
 
@@ -100,7 +110,7 @@ def tei_to_cohere(
 ) -> dict[str, Any]:
     ranked = json.loads(tei_body)
     if not isinstance(ranked, list):
-        raise BodyError("the upstream answered /rerank with something other than a list", 502, "Backend")
+        raise BadUpstream("the upstream answered /rerank with something other than a list")
     ranked = sorted(ranked, key=lambda r: r["score"], reverse=True)  # TEI sorts already; be sure
     if top_n is not None:
         ranked = ranked[:top_n]
@@ -124,9 +134,72 @@ def tei_to_cohere(
 # ---- splitting calls larger than an instance's max_client_batch_size ---------------------------
 # OpenAI- and Cohere-style clients batch freely (LangChain's OpenAIEmbeddings sends up to 1000
 # inputs, rerank calls often carry 50-100 documents), while TEI refuses more than
-# `max_client_batch_size` inputs per request.  The gateway splits such calls into chunks, sends
-# them concurrently and merges the answers, so the client sees one response.  TEI-native routes
-# are passed through untouched: their clients expect TEI's own limit.
+# `max_client_batch_size` inputs per request.  The gateway splits such calls (on TEI's own
+# /embed, /embed_all, /embed_sparse and /rerank too) into chunks, sends them as admission lets
+# them through (see dispatch.py) and merges the answers, so the client sees one response.
+
+# Where each route keeps its inputs, and how chunk answers become one answer.
+INPUT_FIELDS = {"/embed": "inputs", "/embed_all": "inputs", "/embed_sparse": "inputs",
+                "/v1/embeddings": "input", "/rerank": "texts", "/tokenize": "inputs"}
+
+
+def input_count(value: Any) -> int:
+    """Inputs in a TEI/OpenAI `inputs` value: a string or one list of token ids is one input."""
+    if isinstance(value, list) and value and not all(isinstance(v, int) for v in value):
+        return len(value)
+    return 1
+
+
+def _permits(upstream_path: str, inputs: int) -> int:
+    # A bi-encoder reranker (the fallback worker's rerank_mode) embeds the query too: n texts take
+    # n + 1 permits.  The one spare permit a cross-encoder does not use costs nothing.
+    return inputs + 1 if upstream_path == "/rerank" else inputs
+
+
+def count_inputs(upstream_path: str, body: Any) -> int:
+    """Inputs one upstream call carries; at least 1.  Refuses (422) inputs of a shape TEI does not
+    take (a string, a list of strings, token ids or lists of token ids), such as deep nesting."""
+    field = INPUT_FIELDS.get(upstream_path)
+    if field is None or not isinstance(body, dict):
+        return 1
+    value = body.get(field)
+    if isinstance(value, list) and not all(isinstance(v, int) for v in value):
+        for i, item in enumerate(value):
+            if not isinstance(item, str) and not (isinstance(item, list) and all(isinstance(v, int) for v in item)):
+                raise BodyError(f"`{field}[{i}]` must be a string or a list of token ids")
+    return input_count(value)
+
+
+def count_permits(upstream_path: str, body: Any) -> int:
+    """Admission permits one upstream call takes in the runtime (the unit it admits in)."""
+    return _permits(upstream_path, count_inputs(upstream_path, body))
+
+
+def split_inputs(upstream_path: str, body: Any, size: int) -> list[tuple[bytes, int]] | None:
+    """(body, permits) per chunk of at most `size` inputs, or None when the call fits as it is."""
+    field = INPUT_FIELDS.get(upstream_path)
+    if field is None or upstream_path == "/tokenize" or not isinstance(body, dict):
+        return None
+    inputs = body.get(field)
+    if not isinstance(inputs, list) or input_count(inputs) <= size:
+        return None
+    count_inputs(upstream_path, body)  # the shape check
+    return [(orjson.dumps({**body, field: chunk}), _permits(upstream_path, len(chunk))) for chunk in _chunks(inputs, size)]
+
+
+def merge_arrays(bodies: list[bytes], size: int) -> bytes:
+    """TEI's /embed answers (one JSON array per chunk, in order) as one array; spliced, not re-parsed."""
+    items = [b.strip()[1:-1].strip() for b in bodies]
+    return b"[" + b",".join(i for i in items if i) + b"]"
+
+
+def merger(upstream_path: str) -> Callable[[list[bytes], int], bytes]:
+    """How to merge the chunk answers of a split call to `upstream_path`."""
+    if upstream_path == "/v1/embeddings":
+        return merge_openai
+    if upstream_path == "/rerank":
+        return merge_rerank
+    return merge_arrays
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:

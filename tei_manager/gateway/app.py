@@ -4,11 +4,16 @@
 
 One request, in order:
 1. `Authorization: Bearer <key>` -> tenant (401 when missing or unknown).
-2. Route + `model` (body field, `X-Model` header or `?model=`) -> deployment (403/404/400).
-3. Rate and token budgets (429 + Retry-After), then a slot in the deployment's pool, waiting in
-   priority order for at most the tenant's `max_wait_ms` (429 + Retry-After when it runs out).
-4. Proxy to the least busy healthy replica, retrying once elsewhere on a dead connection or 503.
-5. Reconcile the token estimate with the upstream's `x-compute-tokens`; record metrics.
+2. The body: JSON only, size- and time-capped while it streams (body.py).
+3. Route + `model` (body field, `X-Model` header or `?model=`) -> deployment (403/404/400); at
+   most `gateway.max_request_inputs` inputs (413).
+4. Rate and token budgets (429 + Retry-After); then, per upstream request (a call above the
+   deployment's `max_client_batch_size` is split), room in the deployment's pool counted in
+   requests and input permits, waiting in priority order (dispatch.py, qos.py).
+5. Proxy to the replica with the fewest inputs in flight, retrying once elsewhere on a dead or
+   cut connection, a per-try timeout, 503 or 429 (proxy.py).
+6. Merge split answers; reconcile the token estimate with the upstream's `x-compute-tokens`;
+   record metrics.
 
 The gateway's configuration (`GatewayConfig`) is replaced whole on reload; in-flight requests
 keep the one they started with.
@@ -18,17 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HttpRoute
 
@@ -36,22 +41,38 @@ from tei_manager.core.models import Profile
 from tei_manager.core.plan import Plan
 from tei_manager.gateway import adapters
 from tei_manager.gateway.background import cancel_and_wait
+from tei_manager.gateway.body import BodyTimedOut, read_json
 from tei_manager.gateway.config import GatewayConfig, build_config
-from tei_manager.gateway.errors import error_response, too_many, unauthorized
+from tei_manager.gateway.dispatch import Dispatcher, Part
+from tei_manager.gateway.errors import (
+    BadUpstream,
+    InvalidBody,
+    Overloaded,
+    PayloadTooLarge,
+    RequestRefused,
+    Unauthorized,
+    Unhealthy,
+    UnsupportedMediaType,
+    UpstreamTimedOut,
+    error_response,
+)
 from tei_manager.gateway.events import RestartFeed
 from tei_manager.gateway.keys import bearer_token
+from tei_manager.gateway.permits import with_input_permits
 from tei_manager.gateway.prober import Prober
-from tei_manager.gateway.proxy import Forwarded, NoReplica, Proxy, UpstreamTimedOut
-from tei_manager.gateway.qos import AdmissionController
+from tei_manager.gateway.proxy import Forwarded, NoReplica, Proxy
+from tei_manager.gateway.proxy import UpstreamTimedOut as ProxyTimedOut
+from tei_manager.gateway.qos import AdmissionController, Ticket
 from tei_manager.gateway.reload import Reloader
-from tei_manager.gateway.routing import Balancer, Route, RouteTask, RoutingError
+from tei_manager.gateway.routing import Balancer, Route, RouteTask
 from tei_manager.gateway.upstream import ConnectionPool, UpstreamResponse
 from tei_manager.metrics import GatewayMetrics
 
 log = logging.getLogger("tei_manager.gateway")
 
+BODY_ERRORS = (InvalidBody, PayloadTooLarge, UnsupportedMediaType, BodyTimedOut)
+CLIENT_CLOSED = 499  # nginx's status for "client closed the request"; never sent, only counted
 OPEN_TENANT = "-"  # metrics label for requests to a gateway without tenants
-MAX_BODY_BYTES = 16 * 1024 * 1024
 # Headers of the upstream answer that clients see: TEI's timing and token counts.
 PASSED_HEADERS = (
     "x-compute-type", "x-compute-time", "x-compute-characters", "x-compute-tokens",
@@ -85,12 +106,6 @@ ENDPOINTS = (
 )
 
 
-class _Reject(Exception):
-    def __init__(self, response: Response, reason: str) -> None:
-        self.response = response
-        self.reason = reason
-
-
 class Gateway:
     """State shared by all requests of one app (one event loop)."""
 
@@ -109,6 +124,7 @@ class Gateway:
         self.balancer = Balancer()
         self.pool = ConnectionPool()
         self.proxy = Proxy(self.pool, self.balancer, on_health=self.observe, on_retry=self._retried)
+        self.dispatcher = Dispatcher(self.qos, self.proxy, on_admitted=self._admitted, on_pool_change=self._pool_gauges)
         self.prober = Prober(self.pool, self._all_urls, self._probed, interval_s=probe_interval_s)
         self.reloader = reloader
         self.config = config
@@ -123,7 +139,7 @@ class Gateway:
             self.qos.configure_tenant(tenant, limits)
         self.qos.remove_tenants_except(set(config.tenants) | {OPEN_TENANT})
         for route in config.table.routes:
-            self.qos.configure_pool(route.deployment, self.balancer.capacity(route))
+            self.qos.configure_pool(route.deployment, self.balancer.capacity(route), self.balancer.input_capacity(route))
             for url, name in zip(route.replicas, route.replica_names):
                 self.metrics.instance_up(
                     instance=name, model=route.model_key, tenant=route.tenant, up=self.balancer.state(url).healthy
@@ -149,8 +165,11 @@ class Gateway:
             return
         name = self.config.instance_names.get(url, url)
         log.warning("instance %s is %s", name, "back" if healthy else "out of rotation")
+        if not healthy:
+            # Requests still waiting on it (hung, or stopped) are cut now and retried elsewhere.
+            self.pool.abort(url)
         for route in self._routes_with(url):
-            self.qos.configure_pool(route.deployment, self.balancer.capacity(route))
+            self.qos.configure_pool(route.deployment, self.balancer.capacity(route), self.balancer.input_capacity(route))
             self.metrics.instance_up(instance=name, model=route.model_key, tenant=route.tenant, up=healthy)
 
     def _probed(self, url: str, ok: bool) -> None:
@@ -171,10 +190,10 @@ class Gateway:
             return None
         key = bearer_token(request.headers.get("authorization"))
         if key is None:
-            raise _Reject(unauthorized("missing API key: send `Authorization: Bearer <key>`"), "unauthorized")
+            raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
         tenant = config.keys.tenant_for(key)
         if tenant is None:
-            raise _Reject(unauthorized("invalid API key"), "unauthorized")
+            raise Unauthorized("invalid API key")
         return tenant
 
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
@@ -184,19 +203,17 @@ class Gateway:
         try:
             tenant = self.authenticate(request, config)
             tenant_label = tenant or OPEN_TENANT
-            raw, body = await _read_json(request)
+            raw, body = await read_json(request)
             route = config.table.resolve(tenant, endpoint.task, _model_name(request, body))
             model_label = route.model_key
             response, instance = await self._serve(endpoint, config, tenant_label, route, raw, body)
-        except _Reject as rej:
-            self.metrics.rejected(tenant=tenant_label, model=model_label, reason=rej.reason)
-            response = rej.response
-        except RoutingError as exc:
-            reason = {401: "unauthorized", 403: "forbidden", 404: "unknown_model"}.get(exc.status, "bad_request")
-            self.metrics.rejected(tenant=tenant_label, model=model_label, reason=reason)
-            response = error_response(exc.status, exc.error_type, exc.message)
-        except adapters.BodyError as exc:
-            response = error_response(exc.status, exc.error_type, exc.message)
+        except ClientDisconnect:
+            # The client went away while sending its body: its business, not a gateway error.
+            response = Response(b"", status_code=CLIENT_CLOSED)
+        except RequestRefused as exc:
+            if not isinstance(exc, BODY_ERRORS):  # a broken body is the client's mistake, not a refusal
+                self.metrics.rejected(tenant=tenant_label, model=model_label, reason=exc.reason)
+            response = exc.response()
         except Exception:  # never a stack trace to the client
             log.exception("gateway error on %s", endpoint.path)
             response = error_response(500, "Backend", "internal gateway error; see the gateway log")
@@ -212,24 +229,33 @@ class Gateway:
         cohere: tuple[list[str], int | None, bool] | None = None
         if endpoint.shape == "cohere":
             tei_body, texts, top_n, return_documents = adapters.cohere_to_tei(body)
-            raw = json.dumps(tei_body).encode()
+            raw = orjson.dumps(tei_body)
             body = tei_body
             cohere = (texts, top_n, return_documents)
+        path = endpoint.upstream_path
+        inputs = adapters.count_inputs(path, body)
+        limit = config.settings.max_request_inputs
+        if inputs > limit:
+            raise PayloadTooLarge(
+                f"{inputs} inputs in one request; this gateway takes at most {limit}: send them in several "
+                "requests, or raise `gateway.max_request_inputs` in the profile"
+            )
         if self.balancer.healthy_count(route) == 0:
-            raise _Reject(error_response(503, "Unhealthy", f"no healthy instance of '{route.model_key}'"), "unhealthy")
+            raise Unhealthy(f"no healthy instance of '{route.model_key}'")
 
         estimate = adapters.estimate_tokens(endpoint.task, body)
         rejection = self.qos.check_rates(tenant, estimate)
         if rejection is not None:
-            raise _Reject(too_many(rejection.message, rejection.retry_after_header), rejection.reason)
+            raise Overloaded(rejection.message, retry_after_s=rejection.retry_after_s, reason=rejection.reason)
+        split = adapters.split_inputs(path, body, route.max_client_batch_size)
+        parts = [Part(b, n) for b, n in split] if split else [Part(raw, adapters.count_permits(path, body))]
+        timeout_s = config.settings.upstream_timeout_s
         charged = estimate
         try:
-            ticket = await self._admit(tenant, route)
-            try:
-                forwarded = await self._forward(route, endpoint, body, raw, config.settings.upstream_timeout_s)
-            finally:
-                self.qos.release(ticket)
-                self._pool_gauges(route)
+            done = await self.dispatcher.run(
+                tenant, route, path, parts, max_wait_s=self.qos.limits(tenant).max_wait_ms / 1000, timeout_s=timeout_s
+            )
+            forwarded = _merge(done, path, route.max_client_batch_size, complete=len(done) == len(parts))
             upstream = forwarded.response
             counted = upstream.headers.get("x-compute-tokens")
             if counted is not None and counted.isdigit():
@@ -238,15 +264,10 @@ class Gateway:
                 charged = 0  # refused before it ran: nothing to pay for
         except NoReplica as exc:
             charged = 0
-            raise _Reject(
-                error_response(503, "Unhealthy", f"no healthy instance of '{route.model_key}' answered"), "unhealthy"
-            ) from exc
-        except UpstreamTimedOut as exc:
-            raise _Reject(
-                error_response(504, "Backend", f"'{route.model_key}' did not answer within "
-                               f"{config.settings.upstream_timeout_s:g} s"), "timeout"
-            ) from exc
-        except _Reject:
+            raise Unhealthy(f"no healthy instance of '{route.model_key}' answered") from exc
+        except ProxyTimedOut as exc:
+            raise UpstreamTimedOut(f"'{route.model_key}' did not answer within {timeout_s:g} s") from exc
+        except RequestRefused:
             charged = 0
             raise
         finally:
@@ -266,63 +287,12 @@ class Gateway:
         media = upstream.headers.get("content-type", "application/json")
         return Response(upstream.body, status_code=upstream.status, media_type=media, headers=headers), instance
 
-    async def _forward(self, route: Route, endpoint: Endpoint, body: Any, raw: bytes, timeout_s: float) -> Forwarded:
-        """One upstream call, or several for an OpenAI/Cohere call above max_client_batch_size."""
-        size = route.max_client_batch_size
-        chunks, merge = None, None
-        if endpoint.path in ("/v1/embeddings", "/embeddings"):
-            chunks, merge = adapters.split_openai(body, size), adapters.merge_openai
-        elif endpoint.shape == "cohere":
-            chunks, merge = adapters.split_rerank(body, size), adapters.merge_rerank
-        if chunks is None or merge is None:
-            return await self.proxy.forward(route, endpoint.upstream_path, raw, timeout_s)
-        # The chunks share the request's admission slot: one client call, one place in line.
-        parts = await asyncio.gather(
-            *(self.proxy.forward(route, endpoint.upstream_path, c, timeout_s) for c in chunks), return_exceptions=True
+    def _admitted(self, ticket: Ticket, route: Route) -> None:
+        limits = self.qos.limits(ticket.tenant)
+        self.metrics.queue_wait(
+            tenant=ticket.tenant, model=route.model_key, priority=limits.priority, seconds=ticket.waited_s
         )
-        for part in parts:
-            if isinstance(part, BaseException):
-                raise part
-        done = [p for p in parts if isinstance(p, Forwarded)]
-        failed = next((p for p in done if p.response.status != 200), None)
-        if failed is not None:
-            return failed
-        tokens = [p.response.headers.get("x-compute-tokens", "") for p in done]
-        headers = {"content-type": "application/json"}
-        if all(t.isdigit() for t in tokens):
-            headers["x-compute-tokens"] = str(sum(int(t) for t in tokens))
-        merged = UpstreamResponse(200, headers, merge([p.response.body for p in done], size))
-        return Forwarded(merged, done[0].url, retried=any(p.retried for p in done))
-
-    async def _admit(self, tenant: str, route: Route) -> Any:
-        ticket = self.qos.acquire(tenant, route.deployment)
-        limits = self.qos.limits(tenant)
-        if ticket.state == "waiting":
-            loop = asyncio.get_running_loop()
-            admitted: asyncio.Future[None] = loop.create_future()
-
-            def wake() -> None:
-                if not admitted.done():
-                    admitted.set_result(None)
-
-            ticket.waker = wake
-            self._pool_gauges(route)
-            try:
-                await asyncio.wait_for(admitted, limits.max_wait_ms / 1000)
-            except asyncio.TimeoutError:
-                if self.qos.cancel(ticket):
-                    self._pool_gauges(route)
-                    raise _Reject(
-                        too_many(f"'{route.model_key}' is busy; waited {limits.max_wait_ms} ms for a slot", "1"),
-                        "queue_timeout",
-                    ) from None
-            except BaseException:
-                # Client gone or server stopping: give the slot back whichever state the ticket is in.
-                if not self.qos.cancel(ticket):
-                    self.qos.release(ticket)
-                raise
-        self.metrics.queue_wait(tenant=tenant, model=route.model_key, priority=limits.priority, seconds=ticket.waited_s)
-        return ticket
+        self._pool_gauges(route)
 
     def _pool_gauges(self, route: Route) -> None:
         self.metrics.pool_load(
@@ -335,8 +305,8 @@ class Gateway:
         config = self.config
         try:
             tenant = self.authenticate(request, config)
-        except _Reject as rej:
-            return rej.response
+        except RequestRefused as exc:
+            return exc.response()
         data = [
             {
                 "id": r.model_key,
@@ -352,20 +322,25 @@ class Gateway:
         return JSONResponse({"object": "list", "data": data})
 
 
-async def _read_json(request: Request) -> tuple[bytes, Any]:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-        raise adapters.BodyError(f"the body is larger than {MAX_BODY_BYTES} bytes", 413, "Validation")
-    raw = await request.body()
-    try:
-        return raw, json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise adapters.BodyError(f"the body is not valid JSON: {exc}", 400, "Validation") from None
+def _merge(done: list[Forwarded], path: str, size: int, *, complete: bool) -> Forwarded:
+    """One answer from the answers of a call's parts: the first refusal as it is, else the merge."""
+    failed = next((p for p in done if p.response.status != 200), None)
+    if failed is not None or len(done) == 1:
+        return failed or done[0]
+    if not complete:  # pragma: no cover - run() only stops early after a refusal
+        raise BadUpstream("a split request stopped without an answer for every part")
+    tokens = [p.response.headers.get("x-compute-tokens", "") for p in done]
+    headers = {"content-type": "application/json"}
+    if all(t.isdigit() for t in tokens):
+        headers["x-compute-tokens"] = str(sum(int(t) for t in tokens))
+    merged = UpstreamResponse(200, headers, adapters.merger(path)([p.response.body for p in done], size))
+    return Forwarded(merged, done[0].url, retried=any(p.retried for p in done))
 
 
 def _model_name(request: Request, body: Any) -> str | None:
-    if isinstance(body, dict) and isinstance(body.get("model"), str) and body["model"]:
-        return body["model"]
+    model = body.get("model") if isinstance(body, dict) else None
+    if isinstance(model, str) and model:
+        return model
     return request.headers.get("x-model") or request.query_params.get("model") or None
 
 
@@ -396,14 +371,15 @@ def create_app(
     def build() -> GatewayConfig:
         assert reload is not None
         new_profile, new_plan, new_keys = reload()
-        return build_config(new_profile, new_plan, new_keys, instance_concurrency=instance_concurrency)
+        config = build_config(new_profile, new_plan, new_keys, instance_concurrency=instance_concurrency)
+        return with_input_permits(config, new_plan)
 
     reloader = None
     if reload is not None:
         reloader = Reloader(build, lambda cfg: gateway.apply(cfg), metrics.reloaded,
                             path=watch_path, interval_s=watch_interval_s)
     gateway = Gateway(
-        build_config(profile, plan, keys, instance_concurrency=instance_concurrency),
+        with_input_permits(build_config(profile, plan, keys, instance_concurrency=instance_concurrency), plan),
         metrics=metrics, clock=clock, reloader=reloader, probe_interval_s=probe_interval_s,
     )
 
@@ -425,7 +401,9 @@ def create_app(
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         kind = "NotFound" if exc.status_code == 404 else "Validation"
-        return error_response(exc.status_code, kind, f"{request.method} {request.url.path}: {exc.detail}")
+        # Starlette's 405 carries `Allow`; keep it (and any other header it set).
+        return error_response(exc.status_code, kind, f"{request.method} {request.url.path}: {exc.detail}",
+                              dict(exc.headers or {}))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -14,11 +14,16 @@ The rules, in the order a request meets them:
    ends up charged with real tokens.  Under-estimates push the bucket into debt, which the next
    requests wait out; over-estimates are refunded.  A request larger than the whole minute budget
    is let through when the bucket is full, so a single big request is never refused forever.
-3. **Concurrency** — a request needs a slot in its pool (one pool per deployment; capacity =
-   healthy replicas x per-replica capacity) and, when `max_concurrent` is set, a slot of its tenant.
-   If none is free it waits; waiters are admitted high before normal before low, first come first
-   served within a class.  The wait is bounded by the caller (`Quota.max_wait_ms`) who calls
-   `cancel` on timeout: there is no unbounded queue.
+3. **Concurrency** — every upstream request (a split client call makes one per chunk) needs room
+   in its pool (one pool per deployment) in two units: one request slot (capacity = healthy
+   replicas x per-replica requests) and one *input permit per input* (capacity = healthy replicas x
+   the runtime's `max_concurrent_requests`, which TEI and the fallback worker count per input and
+   answer 429 beyond).  With `max_concurrent` set it also needs a slot of its tenant.  If it does
+   not fit it waits; waiters are admitted high before normal before low, first come first served
+   within a class, and a waiter too big for the room left holds back the ones behind it in its
+   pool (so a 32-input chunk is not starved by a stream of 1-input calls).  A waiter held back
+   only by its own tenant's `max_concurrent` holds back nobody else.  The wait is bounded by the
+   caller (`Quota.max_wait_ms`) who calls `cancel` on timeout: there is no unbounded queue.
 
 A rejected request never consumes anything: rate and token checks are all-or-nothing.
 """
@@ -100,6 +105,7 @@ class Ticket:
     pool: str
     rank: int
     enqueued_at: float
+    inputs: int = 1  # input permits this upstream request takes
     state: Literal["waiting", "admitted", "released", "cancelled"] = "waiting"
     admitted_at: float | None = None
     waker: Callable[[], None] | None = field(default=None, repr=False)
@@ -145,6 +151,8 @@ class AdmissionController:
         self._tenants: dict[str, _TenantState] = {}
         self._capacity: dict[str, int | None] = {}
         self._in_flight: dict[str, int] = {}
+        self._input_capacity: dict[str, int | None] = {}
+        self._inputs_in_flight: dict[str, int] = {}
         self._waiting: list[Ticket] = []
         self._seq = itertools.count()
 
@@ -158,10 +166,13 @@ class AdmissionController:
             if self._tenants[name].in_flight == 0:
                 del self._tenants[name]
 
-    def configure_pool(self, pool: str, capacity: int | None) -> None:
-        """Set a pool's capacity (None = unlimited); raising it admits waiters at once."""
+    def configure_pool(self, pool: str, capacity: int | None, inputs: int | None = None) -> None:
+        """Set a pool's capacity in requests and in input permits (None = unlimited); raising
+        either admits waiters at once."""
         self._capacity[pool] = capacity
+        self._input_capacity[pool] = inputs
         self._in_flight.setdefault(pool, 0)
+        self._inputs_in_flight.setdefault(pool, 0)
         self._drain()
 
     def limits(self, tenant: str) -> TenantLimits:
@@ -208,16 +219,17 @@ class AdmissionController:
         return state.tokens.level
 
     # ---- concurrency and priority -------------------------------------------------------------
-    def acquire(self, tenant: str, pool: str) -> Ticket:
-        """A ticket that is admitted now, or waiting for `waker` to be called."""
+    def acquire(self, tenant: str, pool: str, inputs: int = 1) -> Ticket:
+        """A ticket for one upstream request of `inputs` inputs: admitted now, or waiting for
+        `waker` to be called."""
         state = self._tenant(tenant)
         now = self._clock()
-        ticket = Ticket(next(self._seq), tenant, pool, PRIORITY_RANK[state.limits.priority], now)
-        if self._admissible(ticket) and not self._outranked(ticket):
-            self._admit(ticket, now)
-        else:
-            self._waiting.append(ticket)
-            self._waiting.sort(key=lambda t: (t.rank, t.seq))
+        ticket = Ticket(next(self._seq), tenant, pool, PRIORITY_RANK[state.limits.priority], now, max(1, inputs))
+        # Join the line, then let the line move: the newcomer is admitted now only if nobody of
+        # its class or above is held back in front of it.
+        self._waiting.append(ticket)
+        self._waiting.sort(key=lambda t: (t.rank, t.seq))
+        self._drain()
         return ticket
 
     def release(self, ticket: Ticket) -> None:
@@ -226,6 +238,7 @@ class AdmissionController:
             return
         ticket.state = "released"
         self._in_flight[ticket.pool] -= 1
+        self._inputs_in_flight[ticket.pool] -= ticket.inputs
         state = self._tenants.get(ticket.tenant)
         if state is not None:
             state.in_flight -= 1
@@ -242,6 +255,9 @@ class AdmissionController:
     def in_flight(self, pool: str) -> int:
         return self._in_flight.get(pool, 0)
 
+    def inputs_in_flight(self, pool: str) -> int:
+        return self._inputs_in_flight.get(pool, 0)
+
     def waiting(self, pool: str | None = None) -> int:
         return sum(1 for t in self._waiting if pool is None or t.pool == pool)
 
@@ -255,29 +271,40 @@ class AdmissionController:
             self._tenants[tenant] = _TenantState(TenantLimits(), self._clock(), None)
         return self._tenants[tenant]
 
-    def _admissible(self, ticket: Ticket) -> bool:
-        capacity = self._capacity.get(ticket.pool)
-        pool_free = capacity is None or self._in_flight.get(ticket.pool, 0) < capacity
-        return pool_free and self._tenant(ticket.tenant).can_start()
-
-    def _outranked(self, ticket: Ticket) -> bool:
-        # A newcomer must not overtake an equal or higher class already waiting for the same pool.
-        return any(w.pool == ticket.pool and w.rank <= ticket.rank and self._admissible(w) for w in self._waiting)
+    def _pool_fits(self, ticket: Ticket) -> bool:
+        pool = ticket.pool
+        capacity = self._capacity.get(pool)
+        if capacity is not None and self._in_flight.get(pool, 0) >= capacity:
+            return False
+        inputs = self._input_capacity.get(pool)
+        if inputs is None or capacity == 0:
+            return True
+        busy = self._inputs_in_flight.get(pool, 0)
+        # A request bigger than the whole pool still runs, alone, rather than wait forever.
+        return busy + ticket.inputs <= inputs or busy == 0
 
     def _admit(self, ticket: Ticket, now: float) -> None:
         ticket.state = "admitted"
         ticket.admitted_at = now
         self._in_flight[ticket.pool] = self._in_flight.get(ticket.pool, 0) + 1
+        self._inputs_in_flight[ticket.pool] = self._inputs_in_flight.get(ticket.pool, 0) + ticket.inputs
         self._tenant(ticket.tenant).in_flight += 1
 
     def _drain(self) -> None:
         now = self._clock()
         admitted: list[Ticket] = []
+        full: set[str] = set()  # pools where a waiter did not fit: nobody behind it may pass
         for ticket in list(self._waiting):  # already sorted high -> low, then by arrival
-            if self._admissible(ticket):
-                self._waiting.remove(ticket)
-                self._admit(ticket, now)
-                admitted.append(ticket)
+            if ticket.pool in full:
+                continue
+            if not self._pool_fits(ticket):
+                full.add(ticket.pool)
+                continue
+            if not self._tenant(ticket.tenant).can_start():
+                continue
+            self._waiting.remove(ticket)
+            self._admit(ticket, now)
+            admitted.append(ticket)
         for ticket in admitted:
             if ticket.waker is not None:
                 ticket.waker()

@@ -10,7 +10,7 @@ Model selection (documented in docs/gateway.md):
 * A name that exists but belongs to another tenant (and is not shared) -> 403; a name that
   exists nowhere -> 404.  Both list the names this tenant may use.
 
-Replica selection: least requests in flight among healthy replicas, ties broken round-robin,
+Replica selection: least inputs in flight among healthy replicas, ties broken round-robin,
 optionally excluding replicas that just failed (the one retry goes elsewhere).
 """
 
@@ -21,17 +21,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tei_manager.gateway.errors import RequestRefused
+
 RouteTask = Literal["embed", "rerank", "any"]
 
 
-class RoutingError(Exception):
+class RoutingError(RequestRefused):
     """A request that cannot be routed; carries the HTTP status and TEI-style error type."""
 
     def __init__(self, status: int, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+        reason = {401: "unauthorized", 403: "forbidden", 404: "unknown_model"}.get(status, "bad_request")
+        super().__init__(message, status=status, reason=reason)
         self.error_type = error_type
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,10 @@ class Route:
     replicas: tuple[str, ...]  # base URLs, e.g. http://127.0.0.1:8081
     replica_names: tuple[str, ...] = ()  # instance names, same order (metrics labels)
     capacity_per_replica: int | None = None  # None: the gateway does not hold requests back
-    max_client_batch_size: int = 32  # inputs per upstream request; bigger OpenAI/Cohere calls are split
+    max_client_batch_size: int = 32  # inputs per upstream request; bigger calls are split
+    # Input permits of one replica (the runtime's max_concurrent_requests: TEI and the fallback
+    # worker take one per input and answer 429 when none is free).  None: not known, not counted.
+    inputs_per_replica: int | None = None
     task: str = ""  # what the deployment was planned for; `tasks` may add what its model can also do
 
     @property
@@ -128,7 +132,7 @@ def _choices(routes: list[Route]) -> str:
 @dataclass
 class ReplicaState:
     url: str
-    in_flight: int = 0
+    in_flight: int = 0  # inputs in flight (a request of n inputs counts n)
     healthy: bool = True
     failures: int = 0  # consecutive failed probes or requests
 
@@ -138,7 +142,7 @@ class Balancer:
     """In-flight counts and health per replica URL; survives reloads (keyed by URL)."""
 
     replicas: dict[str, ReplicaState] = field(default_factory=dict)
-    _tick: itertools.count = field(default_factory=itertools.count)
+    _tick: itertools.count[int] = field(default_factory=itertools.count)
 
     def state(self, url: str) -> ReplicaState:
         if url not in self.replicas:
@@ -146,20 +150,21 @@ class Balancer:
         return self.replicas[url]
 
     def pick(self, route: Route, exclude: Iterable[str] = ()) -> str | None:
-        """The healthy replica with the fewest requests in flight, or None."""
+        """The healthy replica with the fewest inputs in flight, or None."""
         skip = set(exclude)
         candidates = [self.state(u) for u in route.replicas if u not in skip and self.state(u).healthy]
         if not candidates:
             return None
         low = min(c.in_flight for c in candidates)
         tied = [c for c in candidates if c.in_flight == low]
-        return tied[next(self._tick) % len(tied)].url
+        url: str = tied[next(self._tick) % len(tied)].url
+        return url
 
-    def started(self, url: str) -> None:
-        self.state(url).in_flight += 1
+    def started(self, url: str, inputs: int = 1) -> None:
+        self.state(url).in_flight += inputs
 
-    def finished(self, url: str) -> None:
-        self.state(url).in_flight -= 1
+    def finished(self, url: str, inputs: int = 1) -> None:
+        self.state(url).in_flight -= inputs
 
     def mark(self, url: str, healthy: bool) -> bool:
         """Record a health observation; True when the replica changed state."""
@@ -177,6 +182,12 @@ class Balancer:
         if route.capacity_per_replica is None:
             return None
         return self.healthy_count(route) * route.capacity_per_replica
+
+    def input_capacity(self, route: Route) -> int | None:
+        """Input permits for admission: healthy replicas x each one's permits."""
+        if route.inputs_per_replica is None:
+            return None
+        return self.healthy_count(route) * route.inputs_per_replica
 
     def forget_except(self, urls: set[str]) -> None:
         for url in [u for u, s in self.replicas.items() if u not in urls and s.in_flight == 0]:

@@ -13,6 +13,8 @@ Contract:
   have run; retry only idempotent calls — embed and rerank are).
 * `UpstreamTimeout`: no full response within the timeout.
 A kept-alive connection the server closed while idle is replaced transparently, once.
+`abort(base_url)` cuts every request in flight to one upstream (it was taken out of rotation:
+hung or gone); they end in `UpstreamBroken`, which the proxy retries on another replica.
 """
 
 from __future__ import annotations
@@ -53,11 +55,12 @@ class UpstreamResponse:
     body: bytes
 
 
-@dataclass
+@dataclass(eq=False)  # identity: connections live in sets
 class _Conn:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     idle_since: float = field(default_factory=time.monotonic)
+    aborted: bool = False
 
     def usable(self) -> bool:
         return (
@@ -84,6 +87,18 @@ class ConnectionPool:
         self._max_idle = max_idle_per_host
         self._idle: dict[tuple[str, int], list[_Conn]] = {}
         self._targets: dict[str, tuple[str, int, str]] = {}
+        self._busy: dict[tuple[str, int], set[_Conn]] = {}
+
+    def abort(self, base_url: str) -> int:
+        """Cut the requests in flight to `base_url`; how many there were."""
+        target = self._targets.get(base_url)
+        if target is None:
+            return 0
+        busy = self._busy.pop(target[:2], set())
+        for conn in busy:
+            conn.aborted = True
+            conn.close()
+        return len(busy)
 
     async def request(
         self, base_url: str, method: str, path: str, body: bytes, headers: dict[str, str], timeout_s: float
@@ -112,7 +127,9 @@ class ConnectionPool:
             try:
                 return await self._exchange(conn, (host, port), payload)
             except _StaleConnection:
-                pass  # the server had closed it while idle: nothing ran, try a fresh connection
+                if conn.aborted:
+                    raise UpstreamBroken(f"{host}:{port}: cut off (taken out of rotation)") from None
+                # the server had closed it while idle: nothing ran, try a fresh connection
         conn = await self._connect(host, port)
         try:
             return await self._exchange(conn, (host, port), payload)
@@ -136,6 +153,14 @@ class ConnectionPool:
         return _Conn(reader, writer)
 
     async def _exchange(self, conn: _Conn, key: tuple[str, int], payload: bytes) -> UpstreamResponse:
+        busy = self._busy.setdefault(key, set())
+        busy.add(conn)
+        try:
+            return await self._exchange_on(conn, key, payload)
+        finally:
+            busy.discard(conn)
+
+    async def _exchange_on(self, conn: _Conn, key: tuple[str, int], payload: bytes) -> UpstreamResponse:
         try:
             conn.writer.write(payload)
             try:

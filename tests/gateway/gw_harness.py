@@ -25,6 +25,7 @@ from tei_manager.core.facts import HostFacts
 from tei_manager.core.models import Profile
 from tei_manager.core.plan import InstancePlan, Plan
 from tei_manager.core.planner import plan as make_plan
+from tei_manager.gateway.server import server_options
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER_START_TIMEOUT_S = 240.0
@@ -122,11 +123,13 @@ def start_workers(plan: Plan, log_dir: Path) -> dict[str, WorkerProcess]:
 class GatewayThread:
     """A gateway app served by uvicorn on 127.0.0.1 in a daemon thread."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, **options: Any) -> None:
         self.app = app
         self.port = free_port_block()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        # Served as `tei-manager serve` serves it (the header deadline included).
+        options = {**server_options(), **options}
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

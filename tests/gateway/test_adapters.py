@@ -57,3 +57,36 @@ def test_token_estimates() -> None:
     assert adapters.estimate_tokens("embed", {"input": [[1, 2, 3], "abcd"]}) == 3 + 3
     assert adapters.estimate_tokens("rerank", {"query": "abcd", "texts": ["abcd", "abcd"]}) == 2 * (3 + 3)
     assert adapters.estimate_tokens("embed", {}) == 1
+
+
+def test_tei_embed_and_rerank_calls_split_by_input_and_count_permits() -> None:
+    parts = adapters.split_inputs("/embed", {"inputs": ["a", "b", "c"], "normalize": True}, 2)
+    assert parts is not None
+    assert [(json.loads(b)["inputs"], n) for b, n in parts] == [(["a", "b"], 2), (["c"], 1)]
+    assert json.loads(parts[0][0])["normalize"] is True
+    ranked = adapters.split_inputs("/rerank", {"query": "q", "texts": ["a", "b", "c"]}, 2)
+    assert ranked is not None and [n for _, n in ranked] == [3, 2]  # + the query a bi-encoder embeds
+    assert adapters.split_inputs("/embed", {"inputs": [[1, 2], [3]]}, 1) is not None  # token-id inputs
+    assert adapters.split_inputs("/embed", {"inputs": [1, 2, 3]}, 1) is None  # one input as ids
+
+
+def test_inputs_of_a_shape_tei_does_not_take_are_422() -> None:
+    with pytest.raises(adapters.BodyError) as deep:
+        adapters.count_inputs("/embed", {"inputs": [[["x"]]]})
+    assert deep.value.status == 422 and "inputs[0]" in deep.value.message
+
+
+def test_embed_answers_merge_into_one_array() -> None:
+    merged = adapters.merge_arrays([b"[[1.0,2.0],[3.0]]", b" [ [4.5] ] ", b"[]"], 2)
+    assert json.loads(merged) == [[1.0, 2.0], [3.0], [4.5]]
+
+
+def test_uvicorn_warnings_are_rate_limited() -> None:
+    import logging
+
+    from tei_manager.gateway.server import OncePerInterval
+
+    limiter = OncePerInterval(60)
+    records = [logging.LogRecord("uvicorn.error", logging.WARNING, "", 0, "Invalid HTTP request received.", None,
+                                 None) for _ in range(100)]
+    assert sum(limiter.filter(r) for r in records) == 1

@@ -135,3 +135,41 @@ def test_reload_keeps_spent_budget_and_in_flight() -> None:
     assert qos.token_level("a") == 0  # editing the profile is not a free refill
     assert qos.tenant_in_flight("a") == 1
     assert qos.limits("a").priority == "high"
+
+
+def test_input_permits_pace_multi_input_requests() -> None:
+    qos, _ = controller(a=TenantLimits())
+    qos.configure_pool("m", 32, inputs=64)  # 32 requests, but only 64 inputs, at once
+    running = [qos.acquire("a", "m", inputs=16) for _ in range(4)]
+    fifth = qos.acquire("a", "m", inputs=16)
+    assert [t.state for t in running] == ["admitted"] * 4 and fifth.state == "waiting"
+    assert qos.inputs_in_flight("m") == 64
+    qos.release(running[0])
+    assert fifth.state == "admitted"
+
+
+def test_a_big_waiter_is_not_starved_by_small_newcomers() -> None:
+    qos, _ = controller(a=TenantLimits())
+    qos.configure_pool("m", None, inputs=16)
+    first = qos.acquire("a", "m", inputs=10)
+    big = qos.acquire("a", "m", inputs=16)
+    small = qos.acquire("a", "m", inputs=1)  # would fit, but the big one came first
+    assert (big.state, small.state) == ("waiting", "waiting")
+    qos.release(first)
+    assert big.state == "admitted" and small.state == "waiting"
+
+
+def test_high_priority_inputs_go_before_waiting_low_priority_ones() -> None:
+    qos, _ = controller(hi=TenantLimits(priority="high"), lo=TenantLimits(priority="low"))
+    qos.configure_pool("m", None, inputs=16)
+    running = qos.acquire("lo", "m", inputs=16)
+    low = qos.acquire("lo", "m", inputs=16)
+    high = qos.acquire("hi", "m", inputs=16)
+    qos.release(running)
+    assert (high.state, low.state) == ("admitted", "waiting")
+
+
+def test_a_request_bigger_than_the_pool_runs_alone_instead_of_waiting_forever() -> None:
+    qos, _ = controller(a=TenantLimits())
+    qos.configure_pool("m", None, inputs=8)
+    assert qos.acquire("a", "m", inputs=20).state == "admitted"

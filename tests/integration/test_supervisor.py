@@ -97,3 +97,40 @@ def test_killed_process_is_restarted_healthy_and_counted(profile_name: str, tmp_
     started = time.monotonic()
     assert httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": "back"}, timeout=60).status_code == 200
     assert time.monotonic() - started < 30
+
+
+def _zombies_of_ours() -> list[int]:
+    from tei_manager.supervisor import _zombie_children
+
+    return _zombie_children()
+
+
+def test_a_hung_process_that_ignores_sigterm_is_killed_and_replaced(profile_name: str, tmp_path: Path) -> None:
+    """A SIGSTOPped worker fails its probes; the restart does not wait out a SIGTERM it cannot
+    act on, and neither the hung worker nor the restarts leave a zombie behind."""
+    from fixtures.tiny_models import minilm_path
+
+    port = free_port()
+    data = one_instance_profile(profile_name, "unused", minilm_path(), port)
+    data["models"]["embedder"]["id"] = "sentence-transformers/all-MiniLM-L6-v2"
+    plan = plan_profile(write_profile(tmp_path, data))
+    backend = ProcessBackend()
+    apply(plan, backend, timeout_s=120)
+    (before,) = status(backend, profile_name)
+
+    events: list[SupervisorEvent] = []
+    sup = Supervisor(backend, plan, policy=POLICY, on_event=events.append)
+    sup.tick()
+    os.kill(before.pid, signal.SIGSTOP)
+    # Restarted by this test process: the new worker is our child, so its end must be reaped by us.
+    supervise_until_healed(sup, events)
+    (after,) = status(backend, profile_name)
+    assert after.pid != before.pid and after.health == "healthy"
+    assert not Path(f"/proc/{before.pid}").exists() or before.pid not in _zombies_of_ours()
+
+    # kill -9 the replacement (our own child now): the next round reaps it, no zombie remains.
+    events.clear()
+    os.kill(after.pid, signal.SIGKILL)
+    supervise_until_healed(sup, events)
+    assert after.pid not in _zombies_of_ours()
+    assert httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": "back"}, timeout=60).status_code == 200
