@@ -80,4 +80,6 @@ def register(app: typer.Typer) -> None:
             f"listening on http://{bind}:{listen}"
         )
         # Access logs would print every request line; keys never appear in them, but volume does.
-        uvicorn.run(gateway, host=bind, port=listen, log_level=log_level, access_log=False)
+        from tei_manager.gateway.server import server_options
+
+        uvicorn.run(gateway, host=bind, port=listen, log_level=log_level, access_log=False, **server_options())
