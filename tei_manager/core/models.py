@@ -247,6 +247,27 @@ class TeiImage(Strict):
         return value
 
 
+class QuotaStoreSettings(Strict):
+    """Rate and token buckets shared by several gateways (see docs/gateway.md, "Several gateways")."""
+
+    url: str = Field(description="Redis URL, e.g. redis://quota-redis:6379/0 (rediss:// for TLS).")
+    password: SecretRef | None = Field(None, description="The Redis password, as an env or file reference.")
+    on_unavailable: Literal["open", "closed"] = Field(
+        "open",
+        description="When Redis cannot be reached: `open` admits requests without quota checks (availability "
+        "first), `closed` refuses them with 503 (quotas first).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a Redis URL: redis://HOST:PORT/DB, rediss://... or unix:///path")
+        if "@" in value.split("//", 1)[1].split("/", 1)[0]:
+            raise ValueError("leave credentials out of the URL; give `password: {env: REDIS_PASSWORD}`")
+        return value
+
+
 class GatewaySettings(Strict):
     """Where `tei-manager serve` listens."""
 
@@ -255,6 +276,9 @@ class GatewaySettings(Strict):
     upstream_timeout_s: float = Field(60.0, gt=0, description="Longest wait for an instance's answer.")
     max_request_inputs: int = Field(
         2048, ge=1, description="Most inputs (texts, documents) in one client request; more is refused with 413."
+    )
+    quota_store: QuotaStoreSettings | None = Field(
+        None, description="Share tenants' rate and token quotas through Redis; default: in this gateway's memory."
     )
 
 

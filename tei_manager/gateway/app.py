@@ -63,6 +63,7 @@ from tei_manager.gateway.prober import Prober
 from tei_manager.gateway.proxy import Forwarded, NoReplica, Proxy
 from tei_manager.gateway.proxy import UpstreamTimedOut as ProxyTimedOut
 from tei_manager.gateway.qos import AdmissionController, Ticket
+from tei_manager.gateway.quota_store import QuotaStoreUnavailable, open_quota_store
 from tei_manager.gateway.reload import Reloader
 from tei_manager.gateway.routing import Balancer, Route, RouteTask
 from tei_manager.gateway.upstream import ConnectionPool, UpstreamResponse
@@ -113,6 +114,7 @@ class Gateway:
         self,
         config: GatewayConfig,
         *,
+        profile: str,
         metrics: GatewayMetrics,
         clock: Callable[[], float],
         reloader: Reloader | None,
@@ -121,6 +123,7 @@ class Gateway:
         self.clock = clock
         self.metrics = metrics
         self.qos = AdmissionController(clock)
+        self.quotas = open_quota_store(config.settings.quota_store, profile=profile, admission=self.qos)
         self.balancer = Balancer()
         self.pool = ConnectionPool()
         self.proxy = Proxy(self.pool, self.balancer, on_health=self.observe, on_retry=self._retried)
@@ -244,7 +247,12 @@ class Gateway:
             raise Unhealthy(f"no healthy instance of '{route.model_key}'")
 
         estimate = adapters.estimate_tokens(endpoint.task, body)
-        rejection = self.qos.check_rates(tenant, estimate)
+        limits = self.qos.limits(tenant)
+        try:
+            rejection = await self.quotas.take(tenant, limits, estimate)
+        except QuotaStoreUnavailable as exc:
+            raise Unhealthy(f"{exc}; this gateway refuses requests until it answers "
+                            "(gateway.quota_store.on_unavailable: closed)") from None
         if rejection is not None:
             raise Overloaded(rejection.message, retry_after_s=rejection.retry_after_s, reason=rejection.reason)
         split = adapters.split_inputs(path, body, route.max_client_batch_size)
@@ -271,7 +279,7 @@ class Gateway:
             charged = 0
             raise
         finally:
-            self.qos.reconcile_tokens(tenant, estimate, charged)
+            await self.quotas.reconcile(tenant, limits, estimate, charged)
             self.metrics.tokens(tenant=tenant, model=route.model_key, count=charged)
 
         instance = config.instance_names.get(forwarded.url, forwarded.url)
@@ -380,7 +388,7 @@ def create_app(
                             path=watch_path, interval_s=watch_interval_s)
     gateway = Gateway(
         with_input_permits(build_config(profile, plan, keys, instance_concurrency=instance_concurrency), plan),
-        metrics=metrics, clock=clock, reloader=reloader, probe_interval_s=probe_interval_s,
+        profile=profile.name, metrics=metrics, clock=clock, reloader=reloader, probe_interval_s=probe_interval_s,
     )
 
     def endpoint(ep: Endpoint) -> Callable[[Request], Any]:
@@ -423,6 +431,7 @@ def create_app(
                 await reloader.stop()
             await gateway.prober.stop()
             await gateway.pool.aclose()
+            await gateway.quotas.close()
 
     routes = [HttpRoute(ep.path, endpoint(ep), methods=["POST"]) for ep in ENDPOINTS]
     routes += [

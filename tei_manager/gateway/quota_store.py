@@ -21,10 +21,16 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
-from typing import Any, Literal, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
 
+from tei_manager.errors import GatewayError
 from tei_manager.gateway.qos import AdmissionController, Rejection, TenantLimits
+
+if TYPE_CHECKING:
+    from tei_manager.core.models import QuotaStoreSettings
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +146,17 @@ def _token_bucket(limits: TenantLimits) -> tuple[float, float]:
 class RedisQuotaStore:
     """Buckets shared by every gateway that names the same Redis and profile."""
 
-    def __init__(self, url: str, *, profile: str, on_unavailable: OnUnavailable = "open",
-                 timeout_s: float = 0.25, retry_interval_s: float = 1.0, client: Any = None) -> None:
-        import redis.asyncio as aioredis
+    def __init__(self, url: str, *, profile: str, on_unavailable: OnUnavailable = "open", password: str | None = None,
+                 timeout_s: float = 0.25, retry_interval_s: float = 1.0) -> None:
+        try:
+            import redis.asyncio as aioredis
+        except ImportError:
+            raise GatewayError("gateway.quota_store needs the redis client, which is not installed",
+                               fix="pip install 'tei-manager[redis]'") from None
 
-        self._client = client or aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False)
+        self._client = aioredis.Redis.from_url(
+            url, password=password, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            retry_on_timeout=False)
         self._take = self._client.register_script(_TAKE)
         self._adjust = self._client.register_script(_ADJUST)
         self._prefix = f"tei-manager:quota:{{{profile}}}"
@@ -232,3 +243,34 @@ class RedisQuotaStore:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _read_password(settings: QuotaStoreSettings) -> str | None:
+    ref = settings.password
+    if ref is None:
+        return None
+    where = "gateway.quota_store.password"
+    if ref.env is not None:
+        value = os.environ.get(ref.env)
+        if not value:
+            raise GatewayError(f"environment variable {ref.env} is not set", where=where,
+                               fix=f"export {ref.env}=<the Redis password> where the gateway runs")
+        return value
+    assert ref.file is not None
+    try:
+        value = Path(ref.file).read_text().strip()
+    except OSError as exc:
+        raise GatewayError(f"cannot read {ref.file}: {exc.strerror}", where=where,
+                           fix="point `file` at a readable file holding the Redis password") from None
+    if not value:
+        raise GatewayError(f"{ref.file} is empty", where=where, fix="write the Redis password into it")
+    return value
+
+
+def open_quota_store(settings: QuotaStoreSettings | None, *, profile: str,
+                     admission: AdmissionController) -> QuotaStore:
+    """The store a profile asks for: Redis when `gateway.quota_store` is set, else this process."""
+    if settings is None:
+        return MemoryQuotaStore(admission)
+    return RedisQuotaStore(settings.url, profile=profile, on_unavailable=settings.on_unavailable,
+                           password=_read_password(settings))
