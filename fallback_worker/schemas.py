@@ -19,11 +19,61 @@ T = TypeVar("T")
 U32_MAX = 2**32 - 1
 
 
+# serde_json's nesting limit (TEI parses bodies with it): deeper JSON is a syntax error, 400.
+MAX_DEPTH = 128
+
+
 def decode_json(body: bytes) -> Any:
+    """JSON as serde_json (TEI) accepts it; anything else is axum's plain-text 400.
+
+    Python's json is more lenient than serde_json in two ways that reach the model and fail
+    there: it accepts lone surrogates ("\\ud800", which no UTF-8 text can hold) and nesting as deep
+    as the interpreter's recursion limit (RecursionError past it). Both are refused here, with
+    serde_json's wording, before any handler sees the body.
+    """
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BodyError(400, f"Failed to parse the request body as JSON: {exc}") from None
+    except RecursionError:
+        raise _too_deep() from None
+    _check_values(data)
+    return data
+
+
+def _too_deep() -> BodyError:
+    return BodyError(400, f"Failed to parse the request body as JSON: recursion limit exceeded (depth > {MAX_DEPTH})")
+
+
+def _check_values(data: Any) -> None:
+    """Depth and text checks over the decoded value, iteratively (no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            _check_text(value)
+            continue
+        if not isinstance(value, (list, dict)):
+            continue
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key)
+                stack.append((item, depth + 1))
+        else:
+            stack.extend((item, depth + 1) for item in value if isinstance(item, (str, list, dict)))
+
+
+def _check_text(text: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BodyError(
+            400, "Failed to parse the request body as JSON: lone surrogate in a \\u escape (not valid Unicode text)"
+        ) from None
 
 
 def _shape(message: str) -> BodyError:
