@@ -76,6 +76,12 @@ def _check_text(text: str) -> None:
         ) from None
 
 
+def _show(value: Any) -> str:
+    """A value for an error message, cut short: a hostile body must not be echoed back whole."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _shape(message: str) -> BodyError:
     return BodyError(422, f"Failed to deserialize the JSON body into the target type: {message}")
 
@@ -101,19 +107,19 @@ def _required(data: dict[str, Any], name: str, check: Callable[[Any, str], T]) -
 
 def as_bool(v: Any, name: str) -> bool:
     if not isinstance(v, bool):
-        raise _shape(f"{name}: invalid type: {v!r}, expected a boolean")
+        raise _shape(f"{name}: invalid type: {_show(v)}, expected a boolean")
     return v
 
 
 def as_str(v: Any, name: str) -> str:
     if not isinstance(v, str):
-        raise _shape(f"{name}: invalid type: {v!r}, expected a string")
+        raise _shape(f"{name}: invalid type: {_show(v)}, expected a string")
     return v
 
 
 def as_u32(v: Any, name: str) -> int:
     if type(v) is not int or not 0 <= v <= U32_MAX:
-        raise _shape(f"{name}: invalid value: {v!r}, expected u32")
+        raise _shape(f"{name}: invalid value: {_show(v)}, expected u32")
     return v
 
 
@@ -125,7 +131,7 @@ def as_ids(v: Any, name: str) -> list[int]:
 
 def as_list(v: Any, name: str) -> list[Any]:
     if not isinstance(v, list):
-        raise _shape(f"{name}: invalid type: {v!r}, expected a sequence")
+        raise _shape(f"{name}: invalid type: {_show(v)}, expected a sequence")
     return v
 
 
@@ -134,7 +140,7 @@ def as_direction(v: Any, name: str) -> str:
         return "right"
     if v in ("Left", "left"):
         return "left"
-    raise _shape(f"{name}: unknown variant `{v}`, expected `Right` or `Left`")
+    raise _shape(f"{name}: unknown variant `{_show(v)}`, expected `Right` or `Left`")
 
 
 def as_inputs(v: Any, name: str) -> tuple[list[TextInput], bool]:
@@ -173,7 +179,7 @@ def parse_embed(data: Any, *, openai: bool = False) -> EmbedRequest:
         inputs, batch = _required(d, "input", as_inputs)
         fmt = _field(d, "encoding_format", as_str, "float")
         if fmt not in ("float", "base64"):
-            raise _shape(f"encoding_format: unknown variant `{fmt}`, expected `float` or `base64`")
+            raise _shape(f"encoding_format: unknown variant `{_show(fmt)}`, expected `float` or `base64`")
         req = EmbedRequest(inputs, batch, None, "right", None, True, _field(d, "dimensions", as_u32, None))
         req.encoding_format = fmt  # type: ignore[attr-defined]
         req.model = _field(d, "model", as_str, None)  # type: ignore[attr-defined]
