@@ -150,7 +150,10 @@ class App:
                 data = await self._body(request)
                 payload, method = await handler(data, request, t)
             except BodyError as exc:
-                return PlainTextResponse(exc.message, status_code=exc.status)
+                # Over the limit, the rest of the body is unread: close the connection, or uvicorn
+                # would go on reading (and discarding) an endless upload to keep it alive.
+                close = {"connection": "close"} if exc.status == 413 else None
+                return PlainTextResponse(exc.message, status_code=exc.status, headers=close)
             except TEIError as exc:
                 self.metrics.request_count.inc(method=t.method)
                 self.metrics.failure(exc.metric)
