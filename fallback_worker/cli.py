@@ -203,9 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from . import hardware
-    from .http_server import server_config
     from .engine import Engine
     from .errors import StartupError
+    from .http_server import server_config
     from .server import create_app
 
     if config.hf_token:

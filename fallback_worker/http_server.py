@@ -46,11 +46,11 @@ def read_deadline_protocol(header_timeout: float, body_timeout: float) -> type[a
     """uvicorn's HTTP protocol class with header and body read deadlines (seconds)."""
     base: Any = _base_protocol()
 
-    class ReadDeadlineProtocol(base):  # type: ignore[misc, valid-type]
+    class ReadDeadlineProtocol(base):  # type: ignore[misc]
         _deadline: asyncio.TimerHandle | None = None
         _phase = "headers"
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             self._arm("headers", header_timeout)
 

@@ -16,6 +16,11 @@ import pytest
 LONE = '"\\ud800"'  # the JSON text of a string holding a lone surrogate
 
 
+def lone(template: str) -> str:
+    """A JSON body with a lone-surrogate string where the template has "@"."""
+    return template.replace("@", LONE)
+
+
 @pytest.fixture
 def url(serve: Any, embedder_engine: Any) -> str:
     return serve(embedder_engine)
@@ -37,18 +42,18 @@ def post(url: str, path: str, body: bytes | str, ctype: str = "application/json"
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        ("/embed", '{"inputs": %s}' % LONE),
-        ("/embed", '{"inputs": ["ok", %s]}' % LONE),
-        ("/embed", '{"inputs": "ok", "prompt_name": %s}' % LONE),
-        ("/embed_all", '{"inputs": %s}' % LONE),
-        ("/tokenize", '{"inputs": %s}' % LONE),
+        ("/embed", lone('{"inputs": @}')),
+        ("/embed", lone('{"inputs": ["ok", @]}')),
+        ("/embed", lone('{"inputs": "ok", "prompt_name": @}')),
+        ("/embed_all", lone('{"inputs": @}')),
+        ("/tokenize", lone('{"inputs": @}')),
         ("/tokenize", '{"inputs": ["a", "b\\udfff"]}'),
-        ("/rerank", '{"query": %s, "texts": ["a"]}' % LONE),
-        ("/rerank", '{"query": "q", "texts": [%s]}' % LONE),
-        ("/similarity", '{"inputs": {"source_sentence": %s, "sentences": ["a"]}}' % LONE),
-        ("/v1/embeddings", '{"input": %s}' % LONE),
-        ("/v1/embeddings", '{"input": "a", "model": %s}' % LONE),
-        ("/embed", '{%s: 1, "inputs": "a"}' % LONE),  # in a key
+        ("/rerank", lone('{"query": @, "texts": ["a"]}')),
+        ("/rerank", lone('{"query": "q", "texts": [@]}')),
+        ("/similarity", lone('{"inputs": {"source_sentence": @, "sentences": ["a"]}}')),
+        ("/v1/embeddings", lone('{"input": @}')),
+        ("/v1/embeddings", lone('{"input": "a", "model": @}')),
+        ("/embed", lone('{@: 1, "inputs": "a"}')),  # in a key
     ],
 )
 def test_lone_surrogates_are_a_json_error_not_a_backend_failure(url: str, no_error_logs: Any, path: str, body: str) -> None:
