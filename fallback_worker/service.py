@@ -46,6 +46,11 @@ DisconnectWaiter = Callable[[], Awaitable[None]]
 T = TypeVar("T")
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class Service:
     def __init__(self, engine: Engine, config: WorkerConfig, metrics: Metrics, batcher: Batcher, workers: int) -> None:
         self.engine = engine
@@ -115,6 +120,9 @@ class Service:
                 for job in jobs:
                     job.cancelled = True
                 results.cancel()
+                # Python 3.11's gather ends a cancelled gather with a CancelledError *exception*;
+                # unread, asyncio logs "exception was never retrieved" at error level on GC.
+                results.add_done_callback(_retrieve)
                 raise ClientGone()
             out = results.result()
         t.queue = max(j.started - j.enqueued for j in jobs)
