@@ -107,41 +107,50 @@ def fuzz_schema(
 ) -> None:
     """Every operation of the spec, positive and negative cases, sent to each (name, base URL, headers) target."""
     import schemathesis
-    from hypothesis import HealthCheck, Phase, given, settings
-    from hypothesis.errors import FailedHealthCheck, Unsatisfiable
     from schemathesis.generation import GenerationMode
 
     schema = schemathesis.openapi.from_url(spec_url)
-    ops = [result.ok() for result in schema.get_all_operations()]
-    for op in ops:
+    for result in schema.get_all_operations():
+        op = result.ok()  # type: ignore[union-attr]  # the worker's spec is TEI's own: every operation loads
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             if time.monotonic() > deadline:
                 print("time limit reached; stopping generation", flush=True)
                 return
-
-            @settings(
-                max_examples=max_examples, deadline=None, database=None, derandomize=True,
-                phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
-            )
-            @given(case=op.as_strategy(generation_mode=mode))
-            def run(case: Any) -> None:
-                if time.monotonic() > deadline:
-                    return
-                for name, base, headers in targets:
-                    if name == "gateway" and op.path not in GATEWAY_PATHS:
-                        continue
-                    try:
-                        resp = case.call(base_url=base, headers=headers, timeout=60)
-                    except Exception as exc:  # noqa: BLE001 - a dropped connection is a finding, not a crash
-                        tally.record(name, f"{op.method.upper()} {op.path}", 599, repr(exc).encode())
-                        continue
-                    tally.record(name, f"{op.method.upper()} {op.path} ({mode.value})", resp.status_code, resp.content)
-
-            try:
-                run()
-            except (Unsatisfiable, FailedHealthCheck):
-                pass  # schemathesis found no (negative) case for this operation: nothing to send
+            fuzz_operation(op, mode, targets, tally, max_examples, deadline)
         print(f"  {op.method.upper():5} {op.path:28} requests so far {tally.requests}", flush=True)
+
+
+def fuzz_operation(
+    op: Any, mode: Any, targets: list[tuple[str, str, dict[str, str]]], tally: Tally, max_examples: int, deadline: float
+) -> None:
+    """Up to ``max_examples`` generated cases of one operation in one mode (schemathesis + hypothesis)."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import FailedHealthCheck, Unsatisfiable
+
+    label = f"{op.method.upper()} {op.path} ({mode.value})"
+
+    @settings(
+        max_examples=max_examples, deadline=None, database=None, derandomize=True,
+        phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
+    )
+    @given(case=op.as_strategy(generation_mode=mode))
+    def run(case: Any) -> None:
+        if time.monotonic() > deadline:
+            return
+        for name, base, headers in targets:
+            if name == "gateway" and op.path not in GATEWAY_PATHS:
+                continue
+            try:
+                resp = case.call(base_url=base, headers=headers, timeout=60)
+            except Exception as exc:  # noqa: BLE001 - a dropped connection is a finding, not a crash
+                tally.record(name, label, 599, repr(exc).encode())
+                continue
+            tally.record(name, label, resp.status_code, resp.content)
+
+    try:
+        run()
+    except (Unsatisfiable, FailedHealthCheck):
+        pass  # schemathesis found no (negative) case for this operation: nothing to send
 
 
 GATEWAY_PATHS = {"/embed", "/embed_all", "/embed_sparse", "/rerank", "/tokenize", "/decode", "/v1/embeddings", "/embeddings"}
@@ -252,7 +261,7 @@ def main() -> int:
         require_loopback(args.worker_url)
         worker_url = args.worker_url.rstrip("/")
     else:
-        from fixtures.tiny_models import minilm_path
+        from fixtures.tiny_models import minilm_path  # type: ignore[import-not-found]  # tests/ is put on the path
 
         proc, worker_url = start_worker(args.model_id or str(minilm_path()), log_path, args.worker_args.split())
     targets: list[tuple[str, str, dict[str, str]]] = [("worker", worker_url, {})]

@@ -37,7 +37,12 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from fuzz import peak_rss_mb, require_loopback, scan_log, start_worker  # noqa: E402 - the same worker setup
+from fuzz import (  # the same worker setup
+    peak_rss_mb,
+    require_loopback,
+    scan_log,
+    start_worker,
+)
 
 TRICKLE_S = 2.0
 
@@ -90,7 +95,7 @@ async def bystander(url: str, headers: dict[str, str], stop: asyncio.Event) -> t
 
 async def disconnect(host: str, port: int, request: bytes, cut: int | None) -> None:
     try:
-        reader, writer = await asyncio.open_connection(host, port)
+        _, writer = await asyncio.open_connection(host, port)
     except OSError:
         return
     writer.write(request if cut is None else request[:cut])
@@ -168,10 +173,10 @@ def main() -> int:
         require_loopback(args.worker_url)
         worker_url = args.worker_url.rstrip("/")
     else:
-        from fixtures.tiny_models import minilm_path
+        from fixtures.tiny_models import minilm_path  # type: ignore[import-not-found]  # tests/ is put on the path
 
         proc, worker_url = start_worker(args.model_id or str(minilm_path()), log_path, args.worker_args.split())
-    targets = [("worker", worker_url, {})]
+    targets: list[tuple[str, str, dict[str, str]]] = [("worker", worker_url, {})]
     if args.gateway_url:
         require_loopback(args.gateway_url)
         auth = {"authorization": f"Bearer {args.gateway_key}"} if args.gateway_key else {}
@@ -186,7 +191,7 @@ def main() -> int:
                 row["target"] = name
                 results.append(row)
                 print("  ", json.dumps(row), flush=True)
-        after = {
+        after: dict[str, Any] = {
             "worker_failures": failures_5xx(worker_url, {}),
             "worker_healthy_after": httpx.get(worker_url + "/health", timeout=30).status_code == 200,
             "worker_peak_rss_mb": round(peak_rss_mb(proc.pid) or 0, 1) if proc else None,
