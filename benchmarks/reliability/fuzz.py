@@ -250,6 +250,7 @@ def main() -> int:
     ap.add_argument("--worker-args", default="", help="extra flags for the started worker, one string")
     ap.add_argument("--gateway-url", help="also fuzz this gateway (loopback only)")
     ap.add_argument("--gateway-key", default=os.environ.get("GATEWAY_KEY"), help="API key for the gateway [env: GATEWAY_KEY]")
+    ap.add_argument("--gateway-log", type=Path, help="the gateway's log file, scanned for tracebacks and error lines")
     ap.add_argument("--max-examples", type=int, default=25, help="generated cases per operation and mode")
     ap.add_argument("--time-limit", type=float, default=600.0, help="seconds for the generated part")
     args = ap.parse_args()
@@ -287,7 +288,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
     log_tracebacks, log_errors = scan_log(log_path) if proc else (0, 0)
-    report = {
+    report: dict[str, Any] = {
         "requests": tally.requests,
         "seconds": round(time.monotonic() - began, 1),
         "status_counts": dict(sorted(tally.by_status.items())),
@@ -299,10 +300,12 @@ def main() -> int:
         "worker_healthy_after": healthy,
         "worker_log": str(log_path) if proc else None,
     }
+    if args.gateway_log:
+        report["tracebacks_in_gateway_log"], report["error_lines_in_gateway_log"] = scan_log(args.gateway_log)
     print(json.dumps(report, indent=2))
     for line in (tally.server_errors + tally.tracebacks)[:20]:
         print("  !", line)
-    bad = tally.server_errors or tally.tracebacks or log_tracebacks or not healthy
+    bad = tally.server_errors or tally.tracebacks or log_tracebacks or report.get("tracebacks_in_gateway_log") or not healthy
     return 1 if bad else 0
 
 

@@ -162,6 +162,7 @@ def main() -> int:
     ap.add_argument("--worker-args", default="", help="extra flags for the started worker, one string")
     ap.add_argument("--gateway-url", help="also attack this gateway (loopback only)")
     ap.add_argument("--gateway-key", default=os.environ.get("GATEWAY_KEY"), help="API key for the gateway [env: GATEWAY_KEY]")
+    ap.add_argument("--gateway-log", type=Path, help="the gateway's log file, scanned for tracebacks and error lines")
     ap.add_argument("--connections", type=int, default=250)
     ap.add_argument("--limit", type=float, default=60.0, help="seconds each attack may last at most")
     args = ap.parse_args()
@@ -206,9 +207,12 @@ def main() -> int:
     if proc is not None:
         tracebacks, errors = scan_log(log_path)
         after.update(tracebacks_in_worker_log=tracebacks, error_lines_in_worker_log=errors, worker_log=str(log_path))
+    if args.gateway_log:
+        after["tracebacks_in_gateway_log"], after["error_lines_in_gateway_log"] = scan_log(args.gateway_log)
     print(json.dumps({"attacks": results, **after}, indent=2))
     open_at_end = sum(r["still_open_at_end"] or 0 for r in results)
-    bad = open_at_end or after["worker_failures"].get("inference", 0) or after.get("tracebacks_in_worker_log")
+    bad = (open_at_end or after["worker_failures"].get("inference", 0) or after.get("tracebacks_in_worker_log")
+           or after.get("tracebacks_in_gateway_log"))
     return 1 if bad or not after["worker_healthy_after"] else 0
 
 
