@@ -74,7 +74,7 @@ def test_slowloris_connections_are_cut_and_others_are_served(serve: Any, embedde
         answers = [_closed_by_server(s, within=15) for s in socks]
         assert all(a is not None for a in answers), "a trickling connection was still open after 15 s"
         assert time.monotonic() - began < 15
-        assert sum(1 for a in answers if a and a.startswith(b"HTTP/1.1 408")) >= 90  # the rest were reset
+        # (Whether each one read the 408 first or got a reset depends on when it last wrote.)
     finally:
         stop.set()
         t.join(5)
@@ -83,10 +83,13 @@ def test_slowloris_connections_are_cut_and_others_are_served(serve: Any, embedde
     assert httpx.get(url + "/health", timeout=30).status_code == 200
 
 
-def test_a_connection_that_sends_nothing_is_closed(serve: Any, embedder_engine: Any) -> None:
+def test_late_headers_get_408_and_a_close(serve: Any, embedder_engine: Any) -> None:
     url = serve(embedder_engine, **DEADLINES)
-    with socket.create_connection(_addr(url), timeout=5) as s:
-        assert _closed_by_server(s, within=10) is not None
+    with socket.create_connection(_addr(url), timeout=5) as s:  # sends nothing at all
+        assert (_closed_by_server(s, within=10) or b"").startswith(b"HTTP/1.1 408")
+    with socket.create_connection(_addr(url), timeout=5) as s:  # half of its headers, then silence
+        s.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: appl")
+        assert (_closed_by_server(s, within=10) or b"").startswith(b"HTTP/1.1 408")
 
 
 def test_a_stalled_body_is_cut_without_an_error(serve: Any, embedder_engine: Any, no_error_logs: Any) -> None:
