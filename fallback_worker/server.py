@@ -115,6 +115,8 @@ class App:
         self.service = Service(engine, config, self.metrics, self.batcher, tokenization_workers)
         self.tokenization_workers = tokenization_workers
         self.compute_type = "gpu" if engine.spec.device.startswith("cuda") else "cpu"
+        # The name clients see (/info, the OpenAI route's `model`): never a host path.
+        self.model_name = config.served_model_name or public_model_id(config.model_id)
 
     # ---- request plumbing ----------------------------------------------------------------
     def _authorized(self, request: Request) -> bool:
@@ -238,8 +240,8 @@ class App:
     async def h_openai(self, data: Any, request: Request, t: Timings) -> tuple[Any, str]:
         req = schemas.parse_embed(data, openai=True)
         model = getattr(req, "model", None)
-        if model is not None and model != self.config.model_name:
-            log.warning("request names model %r; this worker serves %r", model, self.config.model_name)
+        if model is not None and model not in (self.model_name, self.config.model_name):
+            log.warning("request names model %r; this worker serves %r", model, self.model_name)
         matrix = await self.service.embed(
             req.inputs, truncate=None, direction="right", prompt_name=None, normalize=True,
             dimensions=req.dimensions, t=t, disconnected=self._disconnect_waiter(request),
@@ -255,7 +257,7 @@ class App:
             for i, row in enumerate(matrix)
         ]
         usage = {"prompt_tokens": t.tokens, "total_tokens": t.tokens}
-        return {"object": "list", "data": data_out, "model": self.config.model_name, "usage": usage}, (
+        return {"object": "list", "data": data_out, "model": self.model_name, "usage": usage}, (
             "batch" if req.batch else "single"
         )
 
@@ -329,7 +331,7 @@ class App:
             "model_id": public_model_id(cfg.model_id),
             "model_sha": cfg.revision,
             "model_dtype": spec.dtype,
-            "served_model_name": cfg.served_model_name or public_model_id(cfg.model_id),
+            "served_model_name": self.model_name,
             "model_type": model_type,
             "max_concurrent_requests": cfg.max_concurrent_requests,
             "max_input_length": spec.max_input_length,

@@ -112,14 +112,14 @@ class TextTokenizer:
                 # and encode the text again; without a prompt, special tokens are kept from the ids
                 # and none are added; with one, they are skipped and the prompted text gets them.
                 text = self._decode_one(item, skip_special_tokens=prompt is not None)
-                if prompt:
+                if prompt is not None:  # TEI: `if let Some(pre_prompt)`, so an empty prompt counts
                     texts.append(prompt + text)
                     specials.append(True)
                 else:
                     texts.append(text)
                     specials.append(False)
                 continue
-            if isinstance(item, str) and prompt:
+            if isinstance(item, str) and prompt is not None:
                 item = prompt + item
             texts.append(item)
             specials.append(True)

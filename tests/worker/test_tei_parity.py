@@ -70,6 +70,8 @@ def test_info_shows_no_host_path(make_client: Any, embedder_engine: Any, tiny_em
     assert info["model_id"] == tiny_embedder_dir.name
     assert info["served_model_name"] == tiny_embedder_dir.name
     assert str(tiny_embedder_dir.parent) not in str(info)
+    openai = make_client(embedder_engine, model_id=str(tiny_embedder_dir)).post("/v1/embeddings", json={"input": "a"})
+    assert openai.json()["model"] == tiny_embedder_dir.name
     # The TEI release whose API this worker follows, as TEI reports its own version.
     assert info["version"] == info["fallback_worker"]["tei_api_version"] == "1.9.3"
     hub = make_client(embedder_engine, model_id="BAAI/bge-m3", served_model_name="m3").get("/info").json()
