@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run one warm-up batch before opening the port")
     add("--forward-workers", envvar="FALLBACK_FORWARD_WORKERS", type=int,
         help="forward passes run at once, sharing the torch threads (default: 2 on CPU, 1 on CUDA)")
+    add("--header-read-timeout", envvar="FALLBACK_HEADER_READ_TIMEOUT", type=float, default=10.0,
+        help="seconds a client has to send a request's line and headers (else 408 and close)")
+    add("--body-read-timeout", envvar="FALLBACK_BODY_READ_TIMEOUT", type=float, default=30.0,
+        help="seconds a client has to send a request's body once its headers are in (else close)")
     return p
 
 
@@ -162,6 +166,8 @@ def to_config(ns: argparse.Namespace) -> WorkerConfig:
         rerank_mode=ns.rerank_mode,
         device=ns.device,
         forward_workers=ns.forward_workers,
+        header_read_timeout=ns.header_read_timeout,
+        body_read_timeout=ns.body_read_timeout,
     )
 
 
@@ -199,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import hardware
     from .engine import Engine
     from .errors import StartupError
+    from .http_server import server_config
     from .server import create_app
 
     if config.hf_token:
@@ -237,7 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("Starting HTTP server: %s:%d", config.hostname, config.port)
     log.info("Ready")
     server = uvicorn.Server(
-        uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=30, lifespan="on")
+        server_config(
+            app, header_timeout=config.header_read_timeout, body_timeout=config.body_read_timeout,
+            timeout_graceful_shutdown=30, lifespan="on",
+        )
     )
     # uvicorn handles SIGTERM/SIGINT gracefully (stop accepting, finish open requests, lifespan
     # shutdown drains the batcher) and then re-raises the signal to the previous handler. A no-op

@@ -19,11 +19,67 @@ T = TypeVar("T")
 U32_MAX = 2**32 - 1
 
 
+# serde_json's nesting limit (TEI parses bodies with it): deeper JSON is a syntax error, 400.
+MAX_DEPTH = 128
+
+
 def decode_json(body: bytes) -> Any:
+    """JSON as serde_json (TEI) accepts it; anything else is axum's plain-text 400.
+
+    Python's json is more lenient than serde_json in two ways that reach the model and fail
+    there: it accepts lone surrogates ("\\ud800", which no UTF-8 text can hold) and nesting as deep
+    as the interpreter's recursion limit (RecursionError past it). Both are refused here, with
+    serde_json's wording, before any handler sees the body.
+    """
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BodyError(400, f"Failed to parse the request body as JSON: {exc}") from None
+    except RecursionError:
+        raise _too_deep() from None
+    _check_values(data)
+    return data
+
+
+def _too_deep() -> BodyError:
+    return BodyError(400, f"Failed to parse the request body as JSON: recursion limit exceeded (depth > {MAX_DEPTH})")
+
+
+def _check_values(data: Any) -> None:
+    """Depth and text checks over the decoded value, iteratively (no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            _check_text(value)
+            continue
+        if not isinstance(value, (list, dict)):
+            continue
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key)
+                stack.append((item, depth + 1))
+        else:
+            stack.extend((item, depth + 1) for item in value if isinstance(item, (str, list, dict)))
+
+
+def _check_text(text: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BodyError(
+            400, "Failed to parse the request body as JSON: lone surrogate in a \\u escape (not valid Unicode text)"
+        ) from None
+
+
+def _show(value: Any) -> str:
+    """A value for an error message, cut short: a hostile body must not be echoed back whole."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _shape(message: str) -> BodyError:
@@ -51,19 +107,19 @@ def _required(data: dict[str, Any], name: str, check: Callable[[Any, str], T]) -
 
 def as_bool(v: Any, name: str) -> bool:
     if not isinstance(v, bool):
-        raise _shape(f"{name}: invalid type: {v!r}, expected a boolean")
+        raise _shape(f"{name}: invalid type: {_show(v)}, expected a boolean")
     return v
 
 
 def as_str(v: Any, name: str) -> str:
     if not isinstance(v, str):
-        raise _shape(f"{name}: invalid type: {v!r}, expected a string")
+        raise _shape(f"{name}: invalid type: {_show(v)}, expected a string")
     return v
 
 
 def as_u32(v: Any, name: str) -> int:
     if type(v) is not int or not 0 <= v <= U32_MAX:
-        raise _shape(f"{name}: invalid value: {v!r}, expected u32")
+        raise _shape(f"{name}: invalid value: {_show(v)}, expected u32")
     return v
 
 
@@ -75,7 +131,7 @@ def as_ids(v: Any, name: str) -> list[int]:
 
 def as_list(v: Any, name: str) -> list[Any]:
     if not isinstance(v, list):
-        raise _shape(f"{name}: invalid type: {v!r}, expected a sequence")
+        raise _shape(f"{name}: invalid type: {_show(v)}, expected a sequence")
     return v
 
 
@@ -84,7 +140,7 @@ def as_direction(v: Any, name: str) -> str:
         return "right"
     if v in ("Left", "left"):
         return "left"
-    raise _shape(f"{name}: unknown variant `{v}`, expected `Right` or `Left`")
+    raise _shape(f"{name}: unknown variant `{_show(v)}`, expected `Right` or `Left`")
 
 
 def as_inputs(v: Any, name: str) -> tuple[list[TextInput], bool]:
@@ -123,7 +179,7 @@ def parse_embed(data: Any, *, openai: bool = False) -> EmbedRequest:
         inputs, batch = _required(d, "input", as_inputs)
         fmt = _field(d, "encoding_format", as_str, "float")
         if fmt not in ("float", "base64"):
-            raise _shape(f"encoding_format: unknown variant `{fmt}`, expected `float` or `base64`")
+            raise _shape(f"encoding_format: unknown variant `{_show(fmt)}`, expected `float` or `base64`")
         req = EmbedRequest(inputs, batch, None, "right", None, True, _field(d, "dimensions", as_u32, None))
         req.encoding_format = fmt  # type: ignore[attr-defined]
         req.model = _field(d, "model", as_str, None)  # type: ignore[attr-defined]

@@ -12,14 +12,15 @@ import base64
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -67,6 +68,29 @@ CPU_FORWARD_WORKERS = 2
 Handler = Callable[[Any, Request, Timings], Awaitable[tuple[Any, str]]]
 
 
+def ranked(scores: Sequence[float]) -> list[tuple[int, float]]:
+    """(index, score) by score, highest first, with TEI's order for ties.
+
+    TEI sorts ascending (a stable sort) and then reverses the list (router/src/http/server.rs,
+    rerank and predict: `sort_by(partial_cmp)` then `reverse()`), so equal scores come out with
+    the highest index first. `sorted(..., reverse=True)` would keep the lowest index first.
+    """
+    return sorted(enumerate(scores), key=lambda p: p[1])[::-1]
+
+
+def public_model_id(model_id: str) -> str:
+    """The model id /info reports: a hub id as given; a local directory by its name only.
+
+    TEI reports --model-id verbatim, which in its container is a path inside the container
+    (`/data/...`); for a worker on the host that would reveal the host's directory layout (user
+    names, mount points) to every client. The directory's name is what a hub id looks like.
+    """
+    path = Path(model_id)
+    if path.is_absolute() or model_id.startswith((".", "~")) or ".." in path.parts:
+        return Path(model_id).expanduser().resolve().name or model_id
+    return model_id  # a hub id, or a relative directory shaped like one ("org/name"): nothing of the host
+
+
 class App:
     """Holds the service and turns handlers into Starlette endpoints with TEI's plumbing."""
 
@@ -91,6 +115,8 @@ class App:
         self.service = Service(engine, config, self.metrics, self.batcher, tokenization_workers)
         self.tokenization_workers = tokenization_workers
         self.compute_type = "gpu" if engine.spec.device.startswith("cuda") else "cpu"
+        # The name clients see (/info, the OpenAI route's `model`): never a host path.
+        self.model_name = config.served_model_name or public_model_id(config.model_id)
 
     # ---- request plumbing ----------------------------------------------------------------
     def _authorized(self, request: Request) -> bool:
@@ -98,19 +124,22 @@ class App:
         return key is None or request.headers.get("authorization") == f"Bearer {key}"
 
     async def _body(self, request: Request) -> Any:
+        # The content type first, as axum's Json extractor does: a wrong one costs no body read.
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not (ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json"))):
+            raise BodyError(415, "Expected request with `Content-Type: application/json`")
         limit = self.config.payload_limit
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise BodyError(413, "Failed to buffer the request body: length limit exceeded")
+        # Count what arrives rather than trust Content-Length: a chunked body has none, and
+        # reading stops at the limit, so an endless upload costs at most `limit` bytes of memory.
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
                 raise BodyError(413, "Failed to buffer the request body: length limit exceeded")
             chunks.append(chunk)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if not (ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json"))):
-            raise BodyError(415, "Expected request with `Content-Type: application/json`")
         return schemas.decode_json(b"".join(chunks))
 
     def endpoint(self, handler: Handler, *, openai: bool = False) -> Callable[[Request], Awaitable[Response]]:
@@ -123,15 +152,23 @@ class App:
                 data = await self._body(request)
                 payload, method = await handler(data, request, t)
             except BodyError as exc:
-                return PlainTextResponse(exc.message, status_code=exc.status)
+                # Over the limit, the rest of the body is unread: close the connection, or uvicorn
+                # would go on reading (and discarding) an endless upload to keep it alive.
+                close = {"connection": "close"} if exc.status == 413 else None
+                return PlainTextResponse(exc.message, status_code=exc.status, headers=close)
             except TEIError as exc:
                 self.metrics.request_count.inc(method=t.method)
                 self.metrics.failure(exc.metric)
                 return tei_error(exc, openai)
-            except ClientGone:
+            except (ClientGone, ClientDisconnect):
+                # The client left (while its body arrived or its inputs waited): not a failure of
+                # ours, so no error log and no 5xx count; the status is for the access log only.
                 return Response(status_code=499)
             except Exception as exc:
-                log.exception("unexpected failure on %s", request.url.path)
+                # A bug, not bad input (that is answered above). The message goes to the error log;
+                # the traceback only at debug level, so logs at error level never carry one.
+                log.error("unexpected failure on %s: %s: %s", request.url.path, type(exc).__name__, exc)
+                log.debug("traceback of the failure on %s", request.url.path, exc_info=True)
                 self.metrics.failure("inference")
                 return tei_error(BackendError(str(exc) or type(exc).__name__), openai)
             self.metrics.request_count.inc(method=method)
@@ -203,8 +240,8 @@ class App:
     async def h_openai(self, data: Any, request: Request, t: Timings) -> tuple[Any, str]:
         req = schemas.parse_embed(data, openai=True)
         model = getattr(req, "model", None)
-        if model is not None and model != self.config.model_name:
-            log.warning("request names model %r; this worker serves %r", model, self.config.model_name)
+        if model is not None and model not in (self.model_name, self.config.model_name):
+            log.warning("request names model %r; this worker serves %r", model, self.model_name)
         matrix = await self.service.embed(
             req.inputs, truncate=None, direction="right", prompt_name=None, normalize=True,
             dimensions=req.dimensions, t=t, disconnected=self._disconnect_waiter(request),
@@ -220,7 +257,7 @@ class App:
             for i, row in enumerate(matrix)
         ]
         usage = {"prompt_tokens": t.tokens, "total_tokens": t.tokens}
-        return {"object": "list", "data": data_out, "model": self.config.model_name, "usage": usage}, (
+        return {"object": "list", "data": data_out, "model": self.model_name, "usage": usage}, (
             "batch" if req.batch else "single"
         )
 
@@ -232,7 +269,7 @@ class App:
         )
         self._done("predict", len(req.texts), t)
         ranks = []
-        for i, s in sorted(enumerate(scores), key=lambda p: p[1], reverse=True):
+        for i, s in ranked(scores):
             rank: dict[str, Any] = {"index": i, "score": s}
             if req.return_text:
                 rank["text"] = req.texts[i]
@@ -291,10 +328,10 @@ class App:
             label2id = {v: int(k) for k, v in spec.id2label.items()}
             model_type = {spec.kind: {"id2label": spec.id2label, "label2id": label2id}}
         return {
-            "model_id": cfg.model_id,
+            "model_id": public_model_id(cfg.model_id),
             "model_sha": cfg.revision,
             "model_dtype": spec.dtype,
-            "served_model_name": cfg.model_name,
+            "served_model_name": self.model_name,
             "model_type": model_type,
             "max_concurrent_requests": cfg.max_concurrent_requests,
             "max_input_length": spec.max_input_length,
@@ -309,6 +346,7 @@ class App:
             # Beyond TEI: what this runtime adds; TEI clients ignore unknown fields.
             "fallback_worker": {
                 "version": __version__,
+                "tei_api_version": TEI_API_VERSION,
                 "device": spec.device,
                 "sparse_embeddings": spec.sparse,
                 "rerank_mode": cfg.rerank_mode if spec.kind == "embedding" else "cross-encoder",
@@ -340,12 +378,20 @@ class App:
             # Graceful: uvicorn has stopped taking requests and waited for open ones; drain the queue.
             await asyncio.get_running_loop().run_in_executor(None, self.batcher.stop)
             self.service.executor.shutdown(wait=False)
+            self.service.tools_executor.shutdown(wait=False)
 
     def build(self) -> Starlette:
         post = lambda path, h, **kw: Route(path, self.endpoint(h, **kw), methods=["POST"])
+        default = self.endpoint(self.h_default)
+
+        async def root(request: Request) -> Response:
+            # GET / is the health probe, POST / the model's default route. One Route for both, so
+            # that any other method gets a 405 whose `Allow` names both.
+            return await (self.health(request) if request.method in ("GET", "HEAD") else default(request))
+
         routes = [
             Route("/health", self.health, methods=["GET"]),
-            Route("/", self.health, methods=["GET"]),
+            Route("/", root, methods=["GET", "POST"]),
             Route("/ping", self.health, methods=["GET"]),
             Route("/info", self.info, methods=["GET"]),
             Route("/metrics", self.metrics_route, methods=["GET"]),
@@ -361,7 +407,6 @@ class App:
             post("/decode", self.h_decode),
             post("/v1/embeddings", self.h_openai, openai=True),
             post("/embeddings", self.h_openai, openai=True),
-            post("/", self.h_default),
             post("/invocations", self.h_default),
         ]
         origins = self.config.cors_allow_origin or ["*"]

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -43,6 +43,12 @@ class Timings:
 
 
 DisconnectWaiter = Callable[[], Awaitable[None]]
+T = TypeVar("T")
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class Service:
@@ -53,6 +59,10 @@ class Service:
         self.batcher = batcher
         self.permits = Permits(config.max_concurrent_requests)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tokenize")
+        # /tokenize and /decode run on their own threads: a client tokenizing long texts then
+        # queues behind other such clients, never in front of /embed's tokenization (which is
+        # on the path of every inference request). Their inputs also take admission permits.
+        self.tools_executor = ThreadPoolExecutor(max_workers=max(1, workers // 2), thread_name_prefix="tokenize-api")
         self.spec = engine.spec
         self.default_prompt = config.default_prompt
         if config.default_prompt_name:
@@ -77,18 +87,15 @@ class Service:
             raise ValidationError(f"Default prompt `{prompt_name}` not found in the prompts: {known}")
         return self.spec.prompts[prompt_name]
 
-    @staticmethod
-    def with_prompt(inputs: Sequence[TextInput], prompt: str | None) -> list[TextInput]:
-        if not prompt:
-            return list(inputs)
-        return [prompt + x if isinstance(x, str) else x for x in inputs]
-
-    async def _tokenize(self, inputs: Sequence[TextInput], truncate: bool | None, direction: str, t: Timings) -> list[Encoded]:
+    async def _tokenize(
+        self, inputs: Sequence[TextInput], truncate: bool | None, direction: str, prompt: str | None, t: Timings
+    ) -> list[Encoded]:
         truncate = self.config.auto_truncate if truncate is None else truncate
         began = time.perf_counter()
         loop = asyncio.get_running_loop()
         encoded = await loop.run_in_executor(
-            self.executor, lambda: self.engine.tokenizer.encode(inputs, truncate=truncate, direction=direction)
+            self.executor,
+            lambda: self.engine.tokenizer.encode(inputs, truncate=truncate, direction=direction, prompt=prompt),
         )
         t.tokenization += time.perf_counter() - began
         for e in encoded:
@@ -113,6 +120,9 @@ class Service:
                 for job in jobs:
                     job.cancelled = True
                 results.cancel()
+                # Python 3.11's gather ends a cancelled gather with a CancelledError *exception*;
+                # unread, asyncio logs "exception was never retrieved" at error level on GC.
+                results.add_done_callback(_retrieve)
                 raise ClientGone()
             out = results.result()
         t.queue = max(j.started - j.enqueued for j in jobs)
@@ -127,12 +137,13 @@ class Service:
         direction: str,
         t: Timings,
         disconnected: DisconnectWaiter | None,
+        prompt: str | None = None,
     ) -> list[Any]:
         """Permits for every input (all or none, else 429), tokenize, batch, forward."""
         if not self.permits.try_acquire(len(inputs)):
             raise OverloadedError()
         try:
-            encoded = await self._tokenize(inputs, truncate, direction, t)
+            encoded = await self._tokenize(inputs, truncate, direction, prompt, t)
             return await self._run(task, encoded, t, disconnected)
         finally:
             self.permits.release(len(inputs))
@@ -154,15 +165,15 @@ class Service:
         t: Timings,
         disconnected: DisconnectWaiter | None = None,
     ) -> np.ndarray:
-        self._require("embedding", "model is not an embedding model")
+        self._require("embedding", "Model is not an embedding model")
         self.check_count(len(inputs))
         if dimensions is not None:
             if dimensions == 0:
                 raise ValidationError("`dimensions` should be positive")
             if dimensions > self.spec.hidden_size:
                 raise ValidationError("`dimensions` should be smaller than the maximum embedding dimension.")
-        inputs = self.with_prompt(inputs, self.prompt_for(prompt_name))
-        rows = await self.infer("embed", inputs, truncate, direction, t, disconnected)
+        prompt = self.prompt_for(prompt_name)
+        rows = await self.infer("embed", inputs, truncate, direction, t, disconnected, prompt)
         matrix = np.stack(rows).astype(np.float32, copy=False)
         if dimensions is not None:
             matrix = matrix[:, :dimensions]  # Matryoshka: truncate first, then normalize
@@ -172,20 +183,19 @@ class Service:
         self, inputs: list[TextInput], *, truncate: bool | None, direction: str, prompt_name: str | None,
         t: Timings, disconnected: DisconnectWaiter | None = None,
     ) -> list[np.ndarray]:
-        self._require("embedding", "model is not an embedding model")
+        self._require("embedding", "Model is not an embedding model")
         self.check_count(len(inputs))
-        inputs = self.with_prompt(inputs, self.prompt_for(prompt_name))
-        return await self.infer("all", inputs, truncate, direction, t, disconnected)
+        return await self.infer("all", inputs, truncate, direction, t, disconnected, self.prompt_for(prompt_name))
 
     async def embed_sparse(
         self, inputs: list[TextInput], *, truncate: bool | None, direction: str, prompt_name: str | None,
         t: Timings, disconnected: DisconnectWaiter | None = None,
     ) -> list[list[tuple[int, float]]]:
         if not self.spec.sparse:
-            raise BackendError("model has no sparse head (sparse_linear.pt)", metric="model_type")
+            # TEI: "Model is not an embedding model with SPLADE pooling"; here the sparse head is bge-m3's.
+            raise BackendError("Model is not an embedding model with a sparse head (sparse_linear.pt)", metric="model_type")
         self.check_count(len(inputs))
-        inputs = self.with_prompt(inputs, self.prompt_for(prompt_name))
-        return await self.infer("sparse", inputs, truncate, direction, t, disconnected)
+        return await self.infer("sparse", inputs, truncate, direction, t, disconnected, self.prompt_for(prompt_name))
 
     async def rerank(
         self, query: str, texts: list[str], *, truncate: bool | None, direction: str, raw_scores: bool,
@@ -215,7 +225,7 @@ class Service:
         t: Timings, disconnected: DisconnectWaiter | None = None,
     ) -> list[list[tuple[str, float]]]:
         if self.spec.kind == "embedding":
-            raise BackendError("model is not a classifier model", metric="model_type")
+            raise BackendError("Model is not a classifier model", metric="model_type")
         self.check_count(len(inputs))
         logits = np.stack(await self.infer("classify", inputs, truncate, direction, t, disconnected))
         if not raw_scores:
@@ -223,31 +233,45 @@ class Service:
         out: list[list[tuple[str, float]]] = []
         for row in logits:
             pairs = [(self.spec.id2label.get(str(i), f"LABEL_{i}"), float(s)) for i, s in enumerate(row)]
-            out.append(sorted(pairs, key=lambda p: p[1], reverse=True))
+            # TEI's order, ties included: stable ascending sort, then reversed (server.rs, predict).
+            out.append(sorted(pairs, key=lambda p: p[1])[::-1])
         return out
 
     async def similarity(
         self, source: str, sentences: list[str], *, truncate: bool | None, direction: str, prompt_name: str | None,
         t: Timings, disconnected: DisconnectWaiter | None = None,
     ) -> list[float]:
-        self._require("embedding", "model is not an embedding model")
+        self._require("embedding", "Model is not an embedding model")
         self.check_count(len(sentences), "sentences", extra=1)
-        inputs = self.with_prompt([source, *sentences], self.prompt_for(prompt_name))
-        unit = normalize_rows(np.stack(await self.infer("embed", inputs, truncate, direction, t, disconnected)))
+        prompt = self.prompt_for(prompt_name)
+        rows = await self.infer("embed", [source, *sentences], truncate, direction, t, disconnected, prompt)
+        unit = normalize_rows(np.stack(rows))
         return [float(s) for s in unit[1:] @ unit[0]]
 
-    async def tokenize(self, texts: list[str], *, add_special_tokens: bool, prompt_name: str | None) -> list[list[dict[str, object]]]:
+    async def tokenize(
+        self, texts: list[str], *, add_special_tokens: bool, prompt_name: str | None
+    ) -> list[list[dict[str, object]]]:
+        """TEI's /tokenize: no truncation, so each text must stay under the character cap (422 else)."""
         self.check_count(len(texts))
+        for text in texts:
+            self.engine.tokenizer.check_length(text)
         prompt = self.prompt_for(prompt_name)
         texts = [prompt + x for x in texts] if prompt else texts
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self.executor, lambda: self.engine.tokenizer.tokenize(texts, add_special_tokens=add_special_tokens)
-        )
+        tokenizer = self.engine.tokenizer
+        return await self._tool(len(texts), lambda: tokenizer.tokenize(texts, add_special_tokens=add_special_tokens))
 
     async def decode(self, ids: list[list[int]], *, skip_special_tokens: bool) -> list[str]:
         self.check_count(len(ids), "ids")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self.executor, lambda: self.engine.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
-        )
+        if any(not x for x in ids):
+            raise EmptyError("`input_ids` cannot be empty")  # TEI's wording (core/src/tokenization.rs)
+        tokenizer = self.engine.tokenizer
+        return await self._tool(len(ids), lambda: tokenizer.decode(ids, skip_special_tokens=skip_special_tokens))
+
+    async def _tool(self, n: int, work: Callable[[], T]) -> T:
+        """Run a /tokenize or /decode job: one permit per input, on the tools' own threads."""
+        if not self.permits.try_acquire(n):
+            raise OverloadedError()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.tools_executor, work)
+        finally:
+            self.permits.release(n)

@@ -7,6 +7,7 @@ is only read afterwards, which is safe from any number of threads.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,43 @@ from .errors import EmptyError, TokenizerError, ValidationError
 
 # One input: text, a (query, text) pair, or token ids the client already has.
 TextInput = str | tuple[str, str] | list[int]
+MAX_CHAR_MULTIPLIER = 250
+
+
+def _count_chars(item: TextInput) -> int:
+    """TEI's `count_chars`: Unicode scalar values; both texts of a pair; the number of ids."""
+    if isinstance(item, str):
+        return len(item)
+    if isinstance(item, tuple):
+        return len(item[0]) + len(item[1])
+    return len(item)
+
+
+def _cut_text(text: str, limit: int) -> str:
+    # Rust's String::truncate(limit) counts bytes, and TEI only cuts when byte `limit` starts a
+    # character (`is_char_boundary`); otherwise the text stays whole and the tokenizer's
+    # truncation alone applies. Reproduced byte for byte.
+    raw = text.encode("utf-8")
+    if limit >= len(raw):
+        return text
+    if raw[limit] & 0xC0 == 0x80:  # a UTF-8 continuation byte: not a boundary
+        return text
+    return raw[:limit].decode("utf-8")
+
+
+def _cut(item: TextInput, limit: int, direction: str) -> TextInput:
+    """TEI's `apply_limit` for an input over the character cap (with truncation on): a text is cut
+    to `limit` bytes, each text of a pair to `limit / 2`.
+
+    TEI leaves ids whole; decoding and re-encoding 300,000 of them took 660 MB here (the truncating
+    tokenizer keeps every overflow piece). We keep the `limit` ids on the side truncation keeps,
+    which still holds far more than max_input_length tokens, so the result is TEI's.
+    """
+    if isinstance(item, str):
+        return _cut_text(item, limit)
+    if isinstance(item, tuple):
+        return (_cut_text(item[0], limit // 2), _cut_text(item[1], limit // 2))
+    return item[:limit] if direction == "right" else item[-limit:]
 
 
 @dataclass(slots=True)
@@ -45,64 +83,103 @@ class TextTokenizer:
     def plain(self) -> Tokenizer:
         return self._plain
 
-    def encode(self, inputs: Sequence[TextInput], *, truncate: bool, direction: str = "right") -> list[Encoded]:
-        """Encode a request's inputs; raises TEI's Empty/Validation/Tokenizer errors."""
+    @property
+    def char_limit(self) -> int:
+        """TEI's cap on characters per input, checked before tokenizing (core/src/tokenization.rs:
+        MAX_CHAR_MULTIPLIER = 250, limit = max_input_length * 250)."""
+        return self.max_input_length * MAX_CHAR_MULTIPLIER
+
+    def encode(
+        self, inputs: Sequence[TextInput], *, truncate: bool, direction: str = "right", prompt: str | None = None
+    ) -> list[Encoded]:
+        """Encode a request's inputs as TEI's `encode_input` does; raises TEI's Empty/Validation/Tokenizer errors.
+
+        ``prompt`` is prepended to text (and decoded id) inputs after the character check, as in TEI.
+        """
         limit = self.max_input_length
         texts: list[str | tuple[str, str]] = []
+        specials: list[bool] = []
         for item in inputs:
-            if isinstance(item, list):
-                continue
-            chars = len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
+            chars = _count_chars(item)
             if chars == 0:
                 raise EmptyError("Input validation error: `inputs` cannot be empty")
-            if not truncate and chars > limit * 250:
-                raise ValidationError(f"`inputs` must have less than {limit * 250} characters. Given: {chars}")
+            if chars > self.char_limit:
+                if not truncate:
+                    raise ValidationError(f"`inputs` must have less than {self.char_limit} characters. Given: {chars}")
+                item = _cut(item, self.char_limit, direction)
+            if isinstance(item, list):
+                # TEI re-tokenizes client ids: decode them (unknown ids are dropped by the decoder)
+                # and encode the text again; without a prompt, special tokens are kept from the ids
+                # and none are added; with one, they are skipped and the prompted text gets them.
+                text = self._decode_one(item, skip_special_tokens=prompt is not None)
+                if prompt is not None:  # TEI: `if let Some(pre_prompt)`, so an empty prompt counts
+                    texts.append(prompt + text)
+                    specials.append(True)
+                else:
+                    texts.append(text)
+                    specials.append(False)
+                continue
+            if isinstance(item, str) and prompt is not None:
+                item = prompt + item
             texts.append(item)
+            specials.append(True)
         tokenizer = self._truncating[direction] if truncate else self._plain
         try:
-            encodings: list[Encoding] = tokenizer.encode_batch(texts, add_special_tokens=True) if texts else []
+            encodings = self._encode_all(tokenizer, texts, specials)
         except Exception as exc:  # noqa: BLE001 - the Rust side reports bad input as a plain Exception
             raise TokenizerError(str(exc)) from None
         out: list[Encoded] = []
-        it = iter(encodings)
-        for item in inputs:
-            if isinstance(item, list):
-                out.append(self._from_ids(item, truncate=truncate, direction=direction))
-                continue
-            enc = next(it)
-            chars = len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
+        for item, enc in zip(inputs, encodings):
             if len(enc.ids) > limit:
                 raise ValidationError(f"`inputs` must have less than {limit} tokens. Given: {len(enc.ids)}")
-            out.append(Encoded(enc.ids, enc.type_ids, chars))
+            if not enc.ids:  # ids that were all unknown decode to nothing
+                raise EmptyError("Input validation error: `inputs` cannot be empty")
+            out.append(Encoded(enc.ids, enc.type_ids, _count_chars(item)))
         return out
 
-    def _from_ids(self, ids: list[int], *, truncate: bool, direction: str) -> Encoded:
-        # Client-supplied ids are used as given, like TEI: no special tokens are added.
-        if not ids:
+    @staticmethod
+    def _encode_all(tokenizer: Tokenizer, texts: list[str | tuple[str, str]], specials: list[bool]) -> list[Encoding]:
+        """One encode_batch per add_special_tokens value (usually just one), results in input order."""
+        out: list[Encoding | None] = [None] * len(texts)
+        for flag in (True, False):
+            idx = [i for i, s in enumerate(specials) if s is flag]
+            if idx:
+                for i, enc in zip(idx, tokenizer.encode_batch([texts[i] for i in idx], add_special_tokens=flag)):
+                    out[i] = enc
+        return [e for e in out if e is not None]
+
+    def _decode_one(self, ids: list[int], *, skip_special_tokens: bool) -> str:
+        try:
+            return str(self._plain.decode(ids, skip_special_tokens=skip_special_tokens))
+        except Exception as exc:  # noqa: BLE001 - as above
+            raise TokenizerError(str(exc)) from None
+
+    def check_length(self, text: str) -> None:
+        """/tokenize's rule: TEI tokenizes without truncation, so text over the character cap is refused."""
+        chars = len(text)
+        if chars == 0:
             raise EmptyError("Input validation error: `inputs` cannot be empty")
-        vocab = self._plain.get_vocab_size(with_added_tokens=True)
-        if any(i >= vocab for i in ids):
-            raise ValidationError(f"token id out of range: the vocabulary has {vocab} tokens")
-        if len(ids) > self.max_input_length:
-            if not truncate:
-                raise ValidationError(
-                    f"`inputs` must have less than {self.max_input_length} tokens. Given: {len(ids)}"
-                )
-            ids = ids[: self.max_input_length] if direction == "right" else ids[-self.max_input_length :]
-        return Encoded(list(ids), [0] * len(ids), 0)
+        if chars > self.char_limit:
+            raise ValidationError(f"`inputs` must have less than {self.char_limit} characters. Given: {chars}")
 
     def tokenize(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[dict[str, object]]]:
         """The /tokenize body: TEI reports byte offsets into the UTF-8 input, special tokens without offsets."""
+        try:
+            encodings = self._plain.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        except Exception as exc:  # noqa: BLE001 - as above
+            raise TokenizerError(str(exc)) from None
         result: list[list[dict[str, object]]] = []
-        for text, enc in zip(texts, self._plain.encode_batch(list(texts), add_special_tokens=add_special_tokens)):
+        for text, enc in zip(texts, encodings):
             raw = text.encode("utf-8")
+            # Character offset -> byte offset, computed once per text (not per token, which is
+            # quadratic on long inputs); ASCII text needs no table.
+            to_byte = None if text.isascii() else [0, *itertools.accumulate(len(c.encode("utf-8")) for c in text)]
             tokens: list[dict[str, object]] = []
             for tid, tok, (start, stop), special in zip(enc.ids, enc.tokens, enc.offsets, enc.special_tokens_mask):
                 if special:
                     tokens.append({"id": tid, "text": tok, "special": True, "start": None, "stop": None})
                     continue
-                b_start = len(text[:start].encode("utf-8"))
-                b_stop = b_start + len(text[start:stop].encode("utf-8"))
+                b_start, b_stop = (start, stop) if to_byte is None else (to_byte[start], to_byte[stop])
                 tokens.append(
                     {
                         "id": tid,

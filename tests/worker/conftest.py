@@ -94,3 +94,51 @@ def embedder(make_client: ClientFactory, embedder_engine: Any) -> Any:
 @pytest.fixture
 def reranker(make_client: ClientFactory, reranker_engine: Any) -> Any:
     return make_client(reranker_engine)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., str]]:
+    """serve(app_or_engine, **WorkerConfig fields) -> base URL of the real worker app on a loopback port.
+
+    Runs the worker's own server setup (uvicorn with the read deadlines of http_server.py) in a
+    thread; `header_read_timeout`/`body_read_timeout` in the fields set the deadlines.
+    """
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from fallback_worker.config import WorkerConfig
+    from fallback_worker.http_server import server_config
+    from fallback_worker.server import App
+
+    started: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(engine: Any, *, tokenization_workers: int = 1, **config: Any) -> str:
+        config.setdefault("model_id", "tiny")
+        cfg = WorkerConfig(**config)
+        app = App(engine, cfg, tokenization_workers=tokenization_workers)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = uvicorn.Server(
+            server_config(
+                app.build(), host="127.0.0.1", port=port, log_level="warning",
+                header_timeout=cfg.header_read_timeout, body_timeout=cfg.body_read_timeout,
+            )
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        started.append((server, thread))
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline, "the worker app did not start"
+            time.sleep(0.01)
+        start.app = app  # type: ignore[attr-defined]  # the last App started, for tests that look inside
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, thread in started:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -37,6 +37,14 @@ def test_env_vars_and_flags_take_precedence(monkeypatch: pytest.MonkeyPatch) -> 
     assert (c.model_id, c.max_batch_tokens, c.auto_truncate, c.api_key) == ("from-env", 4096, False, "k")
 
 
+def test_read_deadline_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FALLBACK_HEADER_READ_TIMEOUT", raising=False)
+    monkeypatch.setenv("FALLBACK_BODY_READ_TIMEOUT", "45")
+    c = _parse(["--model-id", "m"])
+    assert (c.header_read_timeout, c.body_read_timeout) == (10.0, 45.0)
+    assert _parse(["--model-id", "m", "--header-read-timeout", "2.5"]).header_read_timeout == 2.5
+
+
 def test_hostname_like_tei(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOSTNAME", "3f2a1c9d0b7e")  # what Docker puts there: not an address
     assert _parse(["--model-id", "m"]).hostname == "0.0.0.0"

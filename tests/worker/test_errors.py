@@ -17,7 +17,8 @@ JSON_ERRORS = [
      "Input validation error: `dimensions` should be smaller than the maximum embedding dimension."),
     ("/embed", {"inputs": LONG, "truncate": False}, 422, "Validation", None),
     ("/embed", {"inputs": "a", "prompt_name": "missing"}, 422, "Validation", None),
-    ("/embed", {"inputs": [[999999]]}, 422, "Validation", None),
+    # Unknown ids are dropped when TEI decodes client ids; none left is an empty input.
+    ("/embed", {"inputs": [[999999]]}, 400, "Empty", "Input validation error: `inputs` cannot be empty"),
     ("/rerank", {"query": "q", "texts": ["a"]}, 424, "Backend", "Backend error: model is not a re-ranker model"),
     ("/predict", {"inputs": "a"}, 424, "Backend", None),
     ("/similarity", {"inputs": {"source_sentence": "a", "sentences": ["b"] * 32}}, 422, "Validation",

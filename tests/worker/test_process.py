@@ -38,6 +38,7 @@ def test_worker_process_serves_once_warm_and_stops_on_sigterm(tiny_reranker_dir:
     cmd = [
         *_command(), "--model-id", str(tiny_reranker_dir), "--hostname", "127.0.0.1", "--port", str(port),
         "--dtype", "float32", "--max-batch-tokens", "1024", "--max-batch-requests", "4", "--auto-truncate",
+        "--header-read-timeout", "1",
         # TEI flags this runtime cannot honour must not stop it:
         "--otlp-endpoint", "http://127.0.0.1:4317", "--prometheus-port", "9999", "--disable-spans",
     ]
@@ -68,6 +69,11 @@ def test_worker_process_serves_once_warm_and_stops_on_sigterm(tiny_reranker_dir:
         r = httpx.post(f"http://127.0.0.1:{port}/rerank", json={"query": "q", "texts": ["a b", "c"]}, timeout=30)
         assert r.status_code == 200 and len(r.json()) == 2
         assert "x-inference-time" in r.headers
+        # The process serves with the read deadlines: a connection that never sends headers is cut.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
+            assert silent.recv(100).startswith(b"HTTP/1.1 408")
+        info = httpx.get(f"http://127.0.0.1:{port}/info", timeout=10).json()
+        assert info["model_id"] == tiny_reranker_dir.name, "no host path in /info"
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
