@@ -195,7 +195,7 @@ def _failure(backend: Backend, obs: ObservedInstance, inst: InstancePlan, what: 
     current = backend.refresh(obs) or obs
     if _OOM_LOG.search(cause) and not current.oom_killed:
         estimate = f"~{inst.vram.total_mib} MiB estimated" if inst.vram else "no VRAM estimate"
-        tokens = inst.vram.max_batch_tokens if inst.vram else _arg(inst, "--max-batch-tokens")
+        tokens = inst.settings.max_batch_tokens
         return BackendError(
             f"ran out of {'GPU ' if inst.gpu is not None else ''}memory during warm-up ({estimate}); {cause}",
             where=inst.name,
@@ -213,11 +213,6 @@ def _failure(backend: Backend, obs: ObservedInstance, inst: InstancePlan, what: 
         )
     return BackendError(f"{what}; {cause}", where=inst.name,
                         fix=f"see `tei-manager logs {inst.name}`; check the model, image and runtime flags")
-
-
-def _arg(inst: InstancePlan, flag: str) -> str:
-    args = list(inst.args)
-    return args[args.index(flag) + 1] if flag in args and args.index(flag) + 1 < len(args) else "?"
 
 
 def wait_healthy(backend: Backend, obs: ObservedInstance, inst: InstancePlan, *, timeout_s: float,

@@ -46,7 +46,7 @@ def redacted_plan(inst: InstancePlan) -> dict:
     """The plan as JSON with credential values blanked (env vars and `--api-key`-style flags)."""
     data = inst.model_dump(mode="json")
     data["env"] = {k: (REDACTED if _SECRET_NAME.search(k) else v) for k, v in data["env"].items()}
-    args = list(data["args"])
+    args = list(data["settings"]["extra_args"])
     for i, arg in enumerate(args):
         flag, eq, _ = arg.partition("=")
         if flag in _SECRET_FLAGS:
@@ -54,7 +54,7 @@ def redacted_plan(inst: InstancePlan) -> dict:
                 args[i] = f"{flag}={REDACTED}"
             elif i + 1 < len(args):
                 args[i + 1] = REDACTED
-    data["args"] = args
+    data["settings"]["extra_args"] = args
     return data
 
 

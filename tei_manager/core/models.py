@@ -24,15 +24,18 @@ from pydantic import (
 )
 
 Task = Literal["embed", "rerank"]
-Runtime = Literal["tei", "fallback"]
-RuntimeChoice = Literal["auto", "tei", "fallback"]
+#: A runtime's name: a key of the runtime registry (tei_manager.runtimes), e.g. "tei" or "fallback".
+Runtime = str
+#: `auto` or a runtime's name.
+RuntimeChoice = str
 Priority = Literal["high", "normal", "low"]
 Dtype = Literal["float16", "float32", "bfloat16"]
 Pooling = Literal["cls", "mean", "splade", "last-token"]
 
 DEFAULT_BIND = "127.0.0.1"
 DEFAULT_TEI_IMAGE_REPO = "ghcr.io/huggingface/text-embeddings-inference"
-DEFAULT_TEI_VERSION = "1.9"
+#: An exact release: a moving tag such as `1.9` changed silently from 1.9.3 to 1.9.4.
+DEFAULT_TEI_VERSION = "1.9.4"
 DEFAULT_FALLBACK_IMAGE = "tei-manager/fallback-worker:dev"
 DEFAULT_HF_CACHE = "tei-manager-hf-cache"
 
@@ -221,6 +224,17 @@ class Deployment(Strict):
             raise ValueError("use lowercase letters, digits and dashes (a container name), at most 48 characters")
         return value
 
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        # The registry is pure (no I/O); imported here because runtimes import this module.
+        from tei_manager.runtimes.registry import runtime_names
+
+        names = runtime_names()
+        if value != "auto" and value not in names:
+            raise ValueError(f"unknown runtime {value!r}; use auto or one of {', '.join(names)}")
+        return value
+
     @field_validator("port")
     @classmethod
     def _port_range(cls, value: int | str) -> int | str:
@@ -237,13 +251,18 @@ class TeiImage(Strict):
     """Which TEI image family and version to run; the planner adds the per-architecture prefix."""
 
     repository: str = Field(DEFAULT_TEI_IMAGE_REPO, description="Image repository (a mirror of TEI's, for example).")
-    version: str = Field(DEFAULT_TEI_VERSION, description="Pinned tag version, e.g. 1.9 (never `latest`).")
+    version: str = Field(DEFAULT_TEI_VERSION, description="Pinned tag version, e.g. 1.9.4 (never `latest`).")
+    variant: Literal["per-arch", "cuda"] = Field(
+        "per-arch",
+        description="per-arch: the image built for each GPU's compute capability; cuda: TEI's multi-arch "
+        "`cuda-<version>` image, whose entrypoint picks the binary for the GPU (x86_64 only).",
+    )
 
     @field_validator("version")
     @classmethod
     def _pinned(cls, value: str) -> str:
         if value in {"latest", ""}:
-            raise ValueError("pin a version such as 1.9; `latest` changes under you")
+            raise ValueError("pin a version such as 1.9.4; `latest` changes under you")
         return value
 
 

@@ -71,7 +71,7 @@ def test_plan_for_described_gpus(capsys, cpu_only_host):
     code, out, _ = run(["plan", MULTI, "--gpus", TWO_L20], capsys)
     assert code == 0
     assert "described host (--gpus)" in out
-    assert "ghcr.io/huggingface/text-embeddings-inference:89-1.9" in out
+    assert "ghcr.io/huggingface/text-embeddings-inference:89-1.9.4" in out
     assert "text-embeddings-router --model-id BAAI/bge-reranker-v2-m3 --port 8080 --hostname 0.0.0.0 " \
            "--max-batch-tokens 8192 --max-concurrent-requests 128 --max-client-batch-size 8" in out
     assert "GPU budget" in out and "finance-rerank, finance-embed" in out

@@ -47,7 +47,8 @@ def test_gpu_pinning_and_local_model_mount():
 def test_labels_carry_the_plan_but_never_credentials():
     inst = instance("a").model_copy(update={
         "env": {"HF_TOKEN": "hf_secret", "API_KEY": "k-secret", "LOG_LEVEL": "info"},
-        "args": ("--max-batch-tokens", "4096", "--api-key", "k-secret", "--hf-token=hf_secret")})
+        "settings": instance("a").settings.model_copy(
+            update={"extra_args": ("--api-key", "k-secret", "--hf-token=hf_secret")})})
     labels = container_spec(inst)["labels"]
     assert "secret" not in json.dumps(labels)
     assert labels[L.SPEC_HASH] == inst.spec_hash and labels[L.PROFILE] == "p" and labels[L.INSTANCE] == "a"
