@@ -167,7 +167,7 @@ def _preflight(actions: Sequence[Action], observed: Sequence[ObservedInstance], 
         if action.kind not in ("create", "replace") or action.desired is None:
             continue
         inst = action.desired
-        _emit(on_event, InstanceStep(inst.name, "preparing", inst.image if backend.name == "docker" else ""))
+        _emit(on_event, InstanceStep(inst.name, "preparing", backend.prepare_detail(inst)))
 
         def progress(message: str, done: int | None, total: int | None, name: str = inst.name) -> None:
             _emit(on_event, Preparing(name, message, done, total))

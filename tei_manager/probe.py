@@ -12,9 +12,10 @@ host.  What could not be read is recorded (`HostFacts.nvml_error`, `DockerFact.e
 from __future__ import annotations
 
 import os
-from typing import Any
+import platform
+from typing import Any, Literal
 
-from tei_manager.core.facts import DockerFact, GpuFact, GpuProcess, HostFacts
+from tei_manager.core.facts import DockerFact, GpuFact, GpuProcess, HostFacts, normalize_arch
 
 MIB = 1024 * 1024
 #: Docker calls during probing; a daemon that takes longer is reported as unreachable.
@@ -30,8 +31,17 @@ def probe_host(docker_url: str | None = None, *, docker_timeout_s: float = DOCKE
         nvml_error=nvml_error,
         cpu_count=_cpu_count(),
         memory_bytes=_memory_bytes(),
+        cpu_arch=cpu_arch(),
         origin="live",
     )
+
+
+def cpu_arch() -> Literal["x86_64", "arm64"]:
+    """This machine's CPU architecture (images are built per architecture)."""
+    try:
+        return normalize_arch(platform.machine())
+    except ValueError:
+        return "x86_64"  # an architecture TEI has no image for: x86_64 images simply will not run
 
 
 def probe_gpus() -> tuple[tuple[GpuFact, ...], str | None]:
@@ -175,4 +185,4 @@ def host_facts(gpus: str | None = None, *, docker: bool | None = None, docker_ur
         if docker is True:  # plan as if TEI containers can run here, whatever the probe found
             engine = DockerFact(reachable=True, nvidia_runtime=True, version=engine.version)
     return HostFacts(gpus=gpu_facts, docker=engine, nvml_error=nvml_error, cpu_count=_cpu_count(),
-                     memory_bytes=_memory_bytes(), origin="live")
+                     memory_bytes=_memory_bytes(), cpu_arch=cpu_arch(), origin="live")

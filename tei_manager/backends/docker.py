@@ -20,10 +20,16 @@ from datetime import datetime
 from typing import Any
 
 from tei_manager.backends import labels as L
-from tei_manager.backends.base import Backend, ProgressFn
+from tei_manager.backends.base import Backend, BackendEntry, BackendOption, Options, ProgressFn
+from tei_manager.core.capabilities import Capabilities
 from tei_manager.core.diff import ObservedInstance, RunState
+from tei_manager.core.facts import HostFacts
 from tei_manager.core.plan import CONTAINER_HF_CACHE, CONTAINER_MODEL_DIR, CONTAINER_PORT, InstancePlan
 from tei_manager.errors import BackendError, HostError
+from tei_manager.runtimes.registry import get_runtime
+
+#: This backend's registry name (the only place it is spelled).
+NAME = "docker"
 
 # Docker's 64 MiB default is small for tokenizer worker pools; 1 GiB is plenty without host IPC.
 DEFAULT_SHM_BYTES = 1024**3
@@ -46,7 +52,7 @@ def container_spec(instance: InstancePlan, *, slot: str = "") -> dict[str, Any]:
     worker image); the command is the runtime's argument list, exactly what
     `text-embeddings-router` takes.
     """
-    environment = {**instance.env, "HUGGINGFACE_HUB_CACHE": CONTAINER_HF_CACHE}
+    environment = {**instance.env, **get_runtime(instance.runtime).render_env(instance, in_container=True)}
     volumes: dict[str, dict[str, str]] = {instance.hf_cache: {"bind": CONTAINER_HF_CACHE, "mode": "rw"}}
     if instance.model.local_path is not None:
         volumes[instance.model.local_path] = {
@@ -104,7 +110,11 @@ def _state(status: str) -> RunState:
 class DockerBackend(Backend):
     """Runs instances as containers on one Docker Engine (local socket or `docker_url`)."""
 
-    name = "docker"
+    name = NAME
+    down_note = "the shared Hugging Face cache volume is kept (docker volume rm it to free the space)"
+
+    def prepare_detail(self, instance: InstancePlan) -> str:
+        return instance.image
 
     def __init__(self, docker_url: str | None = None, *, client: Any = None) -> None:
         import docker.errors
@@ -332,3 +342,32 @@ class DockerBackend(Backend):
 
     def close(self) -> None:
         self.client.close()
+
+
+
+def capabilities(facts: HostFacts) -> Capabilities:
+    """Images on the engine `facts.docker` describes; GPUs only through its NVIDIA runtime."""
+    engine = facts.docker
+    return Capabilities(
+        backend=NAME,
+        artifact="image",
+        gpus=engine.nvidia_runtime,
+        summary="Docker reachable",
+        blocked=None if engine.reachable else f"Docker Engine not reachable ({engine.error or 'unknown reason'})",
+        no_gpu="Docker has no NVIDIA runtime, so a {runtime} container cannot use GPU {gpu}",
+    )
+
+
+def _open(options: Options) -> Backend:
+    return DockerBackend(options.get("docker_url"))
+
+
+ENTRY = BackendEntry(
+    name=NAME,
+    help="containers on a Docker Engine",
+    capabilities=capabilities,
+    open=_open,
+    options=(BackendOption("docker_url", "--docker-url", "Docker Engine address, e.g. unix:///var/run/docker.sock.",
+                           envvar="DOCKER_HOST"),),
+    probe_option="docker_url",
+)

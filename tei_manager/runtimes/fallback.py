@@ -17,6 +17,8 @@ class FallbackRuntime:
     name = "fallback"
     program = "tei-fallback-worker"
     executable: str | None = "tei-fallback-worker"
+    #: Started as `python -m fallback_worker` where the console script is not installed.
+    python_module = "fallback_worker"
     health_path = "/health"
     info_path = "/info"
     routes = TEI_ROUTES
