@@ -66,6 +66,8 @@ class ProfileIssue:
         self.file = file
         self.line = line
         self.hint = hint
+        #: True for an API key whose env var or file is not there (a warning unless --strict).
+        self.unset_secret = False
 
     def render(self) -> str:
         location = self.file or "<profile>"

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from tei_manager.backends.base import Backend
+from tei_manager.backends.base import Backend, HostPids, SlotRenaming
 from tei_manager.core.diff import Action, ObservedInstance, diff
 from tei_manager.core.plan import InstancePlan, Plan
 from tei_manager.errors import ApplyError, BackendError, TeiManagerError
@@ -302,7 +302,8 @@ def _restore_old(journal: _Journal, cell: list[ObservedInstance], was_running: b
     def undo() -> None:
         backend = journal.backend
         current = backend.refresh(cell[0]) or cell[0]
-        current = backend.rename(current, "")
+        if isinstance(backend, SlotRenaming):
+            current = backend.rename(current, "")
         if was_running:
             current = backend.start(current)
             # "As it was before" is only true once the old version answers again; a restore that
@@ -321,9 +322,25 @@ def _set_aside(backend: Backend, journal: _Journal, obs: ObservedInstance, stop_
     journal.add(obs.name, "restore the previous instance", _restore_old(journal, cell, was_running))
     if obs.state in ("running", "restarting", "paused"):
         cell[0] = backend.stop(obs, timeout_s=stop_timeout_s)
-    cell[0] = backend.rename(cell[0], "old")
+    if isinstance(backend, SlotRenaming):
+        cell[0] = backend.rename(cell[0], "old")
     journal.aside.append(cell)
     return cell
+
+
+def _replace_in_place(backend: Backend, journal: _Journal, old: ObservedInstance, stop_timeout_s: float) -> None:
+    """For a backend without slots: the old version must go before the new one can take its name,
+    so a failed replace cannot bring it back (the rollback says so)."""
+    _emit(journal.on_event, InstanceStep(old.name, "removing", "previous version (this backend keeps no second copy)"))
+
+    def cannot_restore() -> None:
+        raise BackendError(f"the {backend.name} backend keeps no second copy to restore", where=old.name,
+                           fix="run `tei-manager apply` again with the previous profile")
+
+    journal.add(old.name, "restore the previous instance", cannot_restore)
+    if old.state in ("running", "restarting", "paused"):
+        old = backend.stop(old, timeout_s=stop_timeout_s)
+    backend.remove(old)
 
 
 def _start_new(backend: Backend, journal: _Journal, inst: InstancePlan, *, slot: str, timeout_s: float,
@@ -350,7 +367,10 @@ def _converge(action: Action, backend: Backend, journal: _Journal, *, timeout_s:
     elif action.kind == "replace":
         assert inst is not None and old is not None
         same_port = (old.bind, old.port) == (inst.bind, inst.host_port)
-        if same_port or (check_ports and not port_free(inst.bind, inst.host_port)):
+        if not isinstance(backend, SlotRenaming):
+            _replace_in_place(backend, journal, old, stop_timeout_s)
+            _start_new(backend, journal, inst, slot="", timeout_s=timeout_s, clock=clock)
+        elif same_port or (check_ports and not port_free(inst.bind, inst.host_port)):
             # The port is the old instance's: it must stop before the new one can listen.
             _set_aside(backend, journal, old, stop_timeout_s)
             _start_new(backend, journal, inst, slot="", timeout_s=timeout_s, clock=clock)
@@ -358,7 +378,7 @@ def _converge(action: Action, backend: Backend, journal: _Journal, *, timeout_s:
             # Make before break: the new one is healthy on its own port before the old one stops.
             cell = _start_new(backend, journal, inst, slot="next", timeout_s=timeout_s, clock=clock)
             _set_aside(backend, journal, old, stop_timeout_s)
-            cell[0] = backend.rename(cell[0], "")
+            cell[0] = backend.rename(cell[0], "")  # checked above: this backend has slots
     elif action.kind == "remove":
         assert old is not None
         _set_aside(backend, journal, old, stop_timeout_s)
@@ -515,7 +535,7 @@ def status(backends: Backend | Iterable[Backend], profile: str | None = None, *,
             if obs.profile not in restarts_cache:
                 restarts_cache[obs.profile] = supervisor_restarts(obs.profile)
             memory = None
-            if gpu and obs.state == "running":
+            if gpu and obs.state == "running" and isinstance(backend, HostPids):
                 pids = backend.pids(obs)
                 used = [gpu[p] for p in pids if p in gpu]
                 memory = sum(used) if used else 0

@@ -133,9 +133,11 @@ def resolve_secrets(profile: Profile, *, source: ProfileSource | None = None,
     keys: dict[str, list[str]] = {}
     owner: dict[str, str] = {}
 
-    def problem(loc: Loc, message: str, hint: str) -> None:
-        issues.append(source.issue(loc, message, hint) if source
-                      else ProfileIssue(dotted(loc), message, file=file, hint=hint))
+    def problem(loc: Loc, message: str, hint: str, *, unset: bool = True) -> None:
+        issue = source.issue(loc, message, hint) if source else ProfileIssue(dotted(loc), message, file=file, hint=hint)
+        # A secret that is not there *yet* (fresh clone, CI) is not the same as a wrong one.
+        issue.unset_secret = unset
+        issues.append(issue)
 
     for tenant_name, tenant in profile.tenants.items():
         keys[tenant_name] = []
@@ -165,7 +167,7 @@ def resolve_secrets(profile: Profile, *, source: ProfileSource | None = None,
                     continue
             if value in owner and owner[value] != tenant_name:
                 problem(loc, f"tenant {tenant_name!r} ({ref.describe()}) has the same key as tenant "
-                        f"{owner[value]!r}", "give every tenant its own key")
+                        f"{owner[value]!r}", "give every tenant its own key", unset=False)
                 continue
             owner[value] = tenant_name
             keys[tenant_name].append(value)

@@ -151,11 +151,18 @@ def print_plan(result: Plan) -> None:
 def validate_command(
     files: list[Path] = typer.Argument(..., help="Profile YAML files."),
     skip_secrets: bool = typer.Option(False, "--skip-secrets", help="Do not read the tenants' API keys."),
+    strict: bool = typer.Option(False, "--strict", help="Treat unset API-key env vars and missing key files as errors."),
 ) -> None:
-    """Check profiles: schema, references, model paths, known models and (unless --skip-secrets) API keys."""
+    """Check profiles: schema, references, model paths, known models and (unless --skip-secrets) API keys.
+
+    An API key that is not set (env var unset or empty, key file missing) is a warning: a fresh
+    clone has none.  --strict makes it an error (for the host the gateway runs on)."""
     failed = 0
     for path in files:
-        problems = validate_file(path, secrets=not skip_secrets)
+        warnings: list[ProfileIssue] = []
+        problems = validate_file(path, secrets=not skip_secrets, strict=strict, warnings=warnings)
+        for issue in warnings:
+            err_console.print(f"[yellow]warning:[/] {issue.render()}", highlight=False, soft_wrap=True)
         if isinstance(problems, str):
             console.print(f"[green]OK[/]      {path}  {problems}", highlight=False, soft_wrap=True)
             continue
@@ -168,8 +175,11 @@ def validate_command(
                                                               " (--skip-secrets checks all but the API keys)"))
 
 
-def validate_file(path: Path, *, secrets: bool = True) -> str | ProfileError:
-    """A one-line summary when `path` is valid, else the ProfileError with every issue."""
+def validate_file(path: Path, *, secrets: bool = True, strict: bool = True,
+                  warnings: list[ProfileIssue] | None = None) -> str | ProfileError:
+    """A one-line summary when `path` is valid, else the ProfileError with every issue.
+
+    Unless `strict`, unset secrets go to `warnings` instead of failing the profile."""
     from tei_manager.profiles import load_profile_with_source, resolve_secrets
 
     try:
@@ -188,14 +198,20 @@ def validate_file(path: Path, *, secrets: bool = True) -> str | ProfileError:
         try:
             keys = sum(len(v) for v in resolve_secrets(profile, source=source).values())
         except ProfileError as exc:
-            issues += exc.issues
+            unset = [i for i in exc.issues if i.unset_secret and not strict]
+            issues += [i for i in exc.issues if i not in unset]
+            if warnings is not None:
+                warnings += unset
+            keys = -len(unset)  # counted below as "not set"
     if issues:
         return ProfileError(f"{len(issues)} problem{'s' if len(issues) > 1 else ''} in the profile",
                             where=str(path), issues=issues)
     parts = [_count(len(profile.models), "model"), _count(len(profile.tenants), "tenant"),
              _count(len(profile.deployments), "deployment")]
-    if secrets:
+    if secrets and keys >= 0:
         parts.append(_count(keys, "API key") + " read")
+    elif secrets:
+        parts.append(_count(-keys, "API key") + " not set")
     return f"({', '.join(parts)})"
 
 

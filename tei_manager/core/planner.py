@@ -600,5 +600,6 @@ def _instance(slot: _Slot, profile: Profile, facts: HostFacts) -> InstancePlan:
         shm_bytes=limits.shm_size,
         hf_cache=profile.hf_cache,
         vram=slot.vram,
+        health_path=runtime.health_path,
     )
 

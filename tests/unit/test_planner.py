@@ -374,3 +374,17 @@ def test_shared_with_runtime_tei_skips_gpus_tei_cannot_use():
     assert result.instances[0].gpu == 1 and result.instances[0].runtime == "tei"
     with pytest.raises(PlanError, match="no GPU can run it"):
         plan(p, host("0:Tesla P100:16GiB:6.0"))
+
+
+def test_gh200_gets_the_fallback_worker_with_the_reason():
+    p = profile("- {tenant: a, model: m3, placement: {gpu: 0}, tuning: {max_batch_tokens: 8192}}")
+    facts = host("0:NVIDIA GH200 480GB:97871MiB:9.0").model_copy(update={"cpu_arch": "arm64"})
+    inst = plan(p, facts).instances[0]
+    assert inst.runtime == "fallback"
+    assert "no arm64 image for compute capability 9.0" in inst.runtime_reason and "GH200" in inst.runtime_reason
+
+
+def test_arm64_cpu_gets_the_cpu_arm64_image():
+    p = profile("- {tenant: a, model: m3, placement: cpu, tuning: {max_batch_tokens: 8192}}")
+    inst = plan(p, CPU_HOST.model_copy(update={"cpu_arch": "arm64"})).instances[0]
+    assert inst.runtime == "tei" and inst.image.endswith(":cpu-arm64-1.9.4")
