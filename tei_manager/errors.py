@@ -44,7 +44,7 @@ class ProfileError(TeiManagerError):
     exit_code = 2
 
     def __init__(self, what: str, *, where: str | None = None, fix: str | None = None,
-                 issues: list["ProfileIssue"] | None = None) -> None:
+                 issues: list[ProfileIssue] | None = None) -> None:
         self.issues = issues or []
         super().__init__(what, where=where, fix=fix)
 

@@ -31,12 +31,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from tei_manager.backends.base import Backend, HostPids, SlotRenaming
 from tei_manager.core.diff import Action, ObservedInstance, diff
 from tei_manager.core.plan import InstancePlan, Plan
 from tei_manager.errors import ApplyError, BackendError, TeiManagerError
 from tei_manager.health import Clock, HealthProbe, HttpHealthProbe, SystemClock
+from tei_manager.probe import gpu_memory_by_pid
 from tei_manager.state import ProfileBusy, profile_lock, supervisor_restarts
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -183,7 +185,7 @@ def _preflight(actions: Sequence[Action], observed: Sequence[ObservedInstance], 
 
 
 # ------------------------------------------------------------------------------------------ health gate
-def _expected_model_ok(info: dict, inst: InstancePlan) -> bool:
+def _expected_model_ok(info: dict[str, Any], inst: InstancePlan) -> bool:
     names = {inst.served_model_name, inst.model.hub_id, inst.model.model_ref(in_container=True),
              inst.model.model_ref(in_container=False)}
     return info.get("served_model_name") in names or info.get("model_id") in names
@@ -240,7 +242,8 @@ def wait_healthy(backend: Backend, obs: ObservedInstance, inst: InstancePlan, *,
             info = probe.info(inst.bind, inst.host_port)
             if info is not None and not _expected_model_ok(info, inst):
                 raise BackendError(
-                    f"port {inst.host_port} answers for model {info.get('served_model_name') or info.get('model_id')!r}, "
+                    f"port {inst.host_port} answers for model "
+                    f"{info.get('served_model_name') or info.get('model_id')!r}, "
                     f"expected {inst.served_model_name!r}",
                     where=inst.name, fix="another server may be listening on that port; pick another port",
                 )
@@ -259,7 +262,7 @@ def _last_log_line(backend: Backend, obs: ObservedInstance) -> str | None:
         lines = [line for line in backend.logs(obs, tail=5) if line.strip()]
     except TeiManagerError:
         return None
-    except Exception:  # a log read racing the engine must not fail the wait
+    except Exception:  # noqa: BLE001 - a log read racing the engine must not fail the wait
         return None
     return lines[-1][-200:] if lines else None
 
@@ -287,7 +290,7 @@ class _Journal:
             _emit(self.on_event, InstanceStep(instance, "rollback", what))
             try:
                 fn()
-            except Exception as exc:  # keep undoing the rest; report what could not be undone
+            except Exception as exc:  # noqa: BLE001 - keep undoing the rest; report what could not be undone
                 problems.append(f"{instance}: {what} failed: {exc}")
         return problems
 
@@ -314,7 +317,8 @@ def _restore_old(journal: _Journal, cell: list[ObservedInstance], was_running: b
     return undo
 
 
-def _set_aside(backend: Backend, journal: _Journal, obs: ObservedInstance, stop_timeout_s: float) -> list[ObservedInstance]:
+def _set_aside(backend: Backend, journal: _Journal, obs: ObservedInstance,
+               stop_timeout_s: float) -> list[ObservedInstance]:
     """Stop `obs` and rename it to slot "old"; undo renames it back and starts it again."""
     was_running = obs.state in ("running", "restarting")
     _emit(journal.on_event, InstanceStep(obs.name, "stopping", "old version kept until the new one is healthy"))
@@ -346,7 +350,8 @@ def _replace_in_place(backend: Backend, journal: _Journal, old: ObservedInstance
 def _start_new(backend: Backend, journal: _Journal, inst: InstancePlan, *, slot: str, timeout_s: float,
                clock: Clock) -> list[ObservedInstance]:
     on_event = journal.on_event
-    _emit(on_event, InstanceStep(inst.name, "creating", f"{inst.runtime} on {inst.device}, {inst.bind}:{inst.host_port}"))
+    where = f"{inst.runtime} on {inst.device}, {inst.bind}:{inst.host_port}"
+    _emit(on_event, InstanceStep(inst.name, "creating", where))
     cell = [backend.create(inst, slot=slot)]
     journal.add(inst.name, "remove the new instance", _remove_new(backend, cell))
     _emit(on_event, InstanceStep(inst.name, "starting"))
@@ -480,33 +485,6 @@ def _down(profile: str, backend: Backend, on_event: EventSink | None, stop_timeo
 
 
 # ------------------------------------------------------------------------------------------ status
-def gpu_memory_by_pid() -> dict[int, int]:
-    """MiB of GPU memory per host pid from NVML; empty when there is no NVIDIA driver."""
-    try:
-        import pynvml
-    except ImportError:
-        return {}
-    try:
-        pynvml.nvmlInit()
-    except Exception:  # NVMLError and friends: no driver, no GPU, no library
-        return {}
-    usage: dict[int, int] = {}
-    try:
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                used = proc.usedGpuMemory or 0
-                usage[proc.pid] = usage.get(proc.pid, 0) + used // 2**20
-    except Exception:
-        pass
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
-    return usage
-
-
 def _health_of(obs: ObservedInstance, probe: HealthProbe) -> str:
     if obs.state != "running" or obs.port is None or obs.bind is None:
         return "-"
@@ -526,7 +504,7 @@ def status(backends: Backend | Iterable[Backend], profile: str | None = None, *,
     if isinstance(backends, Backend):
         backends = [backends]
     probe = probe or HttpHealthProbe()
-    gpu = gpu_memory_by_pid()
+    gpu = gpu_memory_by_pid()  # one NVML read per status call, matched to instances by pid
     rows: list[InstanceStatus] = []
     restarts_cache: dict[str, dict[str, int]] = {}
     for backend in backends:

@@ -288,10 +288,8 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Loc, list[str]]:
     tags: list[str] = []
     current = data
     for part in loc:
-        if isinstance(current, dict) and part in current:
-            kept.append(part)
-            current = current[part]
-        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+        in_list = isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        if (isinstance(current, dict) and part in current) or in_list:
             kept.append(part)
             current = current[part]
         elif _is_type_tag(part) or isinstance(part, int):
@@ -358,11 +356,11 @@ def _validation_issues(exc: ValidationError, data: Any, source: ProfileSource) -
     cleaned = []
     for err in exc.errors(include_url=False):
         loc, tags = _clean_loc(tuple(err["loc"]), data)
-        cleaned.append((loc, tags, dict(err)))
+        cleaned.append((loc, tags, {**err}))
     cleaned = _prune_union_branches(cleaned, data)
     grouped: dict[Loc, list[tuple[list[str], dict[str, Any]]]] = {}
-    for loc, tags, err in cleaned:
-        grouped.setdefault(loc, []).append((tags, err))
+    for loc, tags, detail in cleaned:
+        grouped.setdefault(loc, []).append((tags, detail))
     issues = [_one_issue(loc, errors, data, source) for loc, errors in grouped.items()]
     issues.sort(key=lambda i: (i.line or 0, i.path))
     return issues
@@ -419,7 +417,8 @@ def _one_issue(loc: Loc, errors: list[tuple[list[str], dict[str, Any]]], data: A
             inner = branch[0]
             return source.issue(loc, _message(inner), _PLACEMENT_HELP)
         hint = _suggest(value, ["cpu", "shared"]) if isinstance(value, str) else None
-        gpu_like = re.fullmatch(r"\s*gpu\s*[:=_-]?\s*(\d+)\s*", value, re.IGNORECASE) if isinstance(value, str) else None
+        gpu_like = (re.fullmatch(r"\s*gpu\s*[:=_-]?\s*(\d+)\s*", value, re.IGNORECASE)
+                    if isinstance(value, str) else None)
         if gpu_like:
             hint = f"write {{gpu: {gpu_like.group(1)}}}"
         return source.issue(loc, f"{value!r} is not a placement", hint or _PLACEMENT_HELP)

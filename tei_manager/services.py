@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tei_manager.backends.base import Backend, BackendEntry, HostPids, Options, SlotRenaming
 from tei_manager.backends.registry import (
+    all_options,
     auto_capabilities,
     backend_names,
     entries,
@@ -32,8 +33,21 @@ from tei_manager.core.models import Profile
 from tei_manager.core.plan import Plan
 from tei_manager.errors import HostError, PlanError, ProfileError, TeiManagerError
 
-__all__ = ["AUTO", "Backend", "Options", "SlotRenaming", "Target", "close_all", "live_plan", "open_readers",
-           "open_target", "plan_profile", "profile_name"]
+__all__ = [
+    "AUTO",
+    "Backend",
+    "Options",
+    "SlotRenaming",
+    "Target",
+    "all_options",
+    "backend_names",
+    "close_all",
+    "live_plan",
+    "open_readers",
+    "open_target",
+    "plan_profile",
+    "profile_name",
+]
 
 AUTO = "auto"
 GPUS_HELP = ('Plan for another host: "index:name:memory:compute_capability,...", '
@@ -135,7 +149,8 @@ def _choose(choice: str, facts: HostFacts, runs_profile: str | None,
             opened.append((entry, backend))
     if not opened:
         raise HostError("no backend can run instances on this host", where="--backend",
-                        fix="start a container engine, or install the fallback worker (pip install 'tei-manager[worker]')")
+                        fix="start a container engine, or install the fallback worker "
+                        "(pip install 'tei-manager[worker]')")
     chosen = next(((e, b) for e, b in opened if b.list(runs_profile)), opened[0])
     for _entry, backend in opened:
         if backend is not chosen[1]:

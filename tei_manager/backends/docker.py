@@ -126,8 +126,8 @@ class DockerBackend(Backend):
         # Host paths (model dirs, a bind-mounted cache) can only be checked when the engine is here.
         self._engine_is_local = not self.url.startswith(("tcp://", "ssh://", "http://", "https://"))
         try:
-            self.client = client or (docker.DockerClient(base_url=docker_url)  # type: ignore[attr-defined]
-                                     if docker_url else docker.from_env())  # type: ignore[attr-defined]
+            self.client = client or (docker.DockerClient(base_url=docker_url)
+                                     if docker_url else docker.from_env())
             self.client.ping()
         except Exception as exc:  # the SDK raises DockerException, requests errors or OSError
             raise HostError(
@@ -168,7 +168,8 @@ class DockerBackend(Backend):
         )
 
     def list(self, profile: str | None = None) -> list[ObservedInstance]:
-        filters = {"label": [f"{L.MANAGED}=true"] + ([f"{L.PROFILE}={profile}"] if profile else [])}
+        filters: dict[str, str | list[str] | bool] = {
+            "label": [f"{L.MANAGED}=true"] + ([f"{L.PROFILE}={profile}"] if profile else [])}
         try:
             containers = self.client.containers.list(all=True, filters=filters, ignore_removed=True)
         except self._errors.DockerException as exc:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from tei_manager.backends import labels as L
 from tei_manager.backends.base import Backend, BackendEntry, Options, ProgressFn
@@ -31,15 +32,15 @@ from tei_manager.core.facts import HostFacts
 from tei_manager.core.plan import InstancePlan
 from tei_manager.errors import BackendError
 from tei_manager.runtimes.registry import get_runtime
+from tei_manager.state import state_dir, state_root
 
 #: This backend's registry name (the only place it is spelled).
 NAME = "process"
-from tei_manager.state import state_dir, state_root
 
 WORKER_SCRIPT = "tei-fallback-worker"
 _WORKER_MARKERS = ("tei-fallback-worker", "fallback_worker")
 # Children started by this Python process: kept so their exit codes can be read and zombies reaped.
-_CHILDREN: dict[int, subprocess.Popen] = {}
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 #: What a child may take from the operator's environment: enough to start a program and to
@@ -113,10 +114,11 @@ class ProcessBackend(Backend):
         return path
 
     def _record_path(self, profile: str, instance: str, slot: str) -> Path:
-        return self._dir(profile, create=True) / "instances" / (f"{instance}.{slot}.json" if slot else f"{instance}.json")
+        filename = f"{instance}.{slot}.json" if slot else f"{instance}.json"
+        return self._dir(profile, create=True) / "instances" / filename
 
     @staticmethod
-    def _write(path: Path, record: dict) -> None:
+    def _write(path: Path, record: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -125,13 +127,14 @@ class ProcessBackend(Backend):
         tmp.replace(path)
 
     @staticmethod
-    def _read(path: Path) -> dict | None:
+    def _read(path: Path) -> dict[str, Any] | None:
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+        return data if isinstance(data, dict) else None
 
-    def _alive(self, record: dict) -> bool:
+    def _alive(self, record: dict[str, Any]) -> bool:
         pid = record.get("pid")
         if not pid or record.get("stopped"):
             return False
@@ -143,7 +146,7 @@ class ProcessBackend(Backend):
         markers = (*_WORKER_MARKERS, *([record["executable"]] if record.get("executable") else []))
         return any(m in arg for arg in _cmdline(pid)[:3] for m in markers)
 
-    def _observe(self, path: Path, record: dict) -> ObservedInstance:
+    def _observe(self, path: Path, record: dict[str, Any]) -> ObservedInstance:
         plan = InstancePlan.model_validate(record["plan"])
         alive = self._alive(record)
         if alive:
@@ -173,7 +176,7 @@ class ProcessBackend(Backend):
             pid=record.get("pid") if alive else None,
         )
 
-    def _load(self, obs: ObservedInstance) -> tuple[Path, dict]:
+    def _load(self, obs: ObservedInstance) -> tuple[Path, dict[str, Any]]:
         path = Path(obs.handle)
         record = self._read(path)
         if record is None:

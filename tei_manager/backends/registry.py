@@ -1,4 +1,5 @@
-"""Backends by name (`BackendEntry` is defined in base.py).  Adding one is a module that defines an `ENTRY` and one line in `_ENTRIES`.
+"""Backends by name.  Adding one is a module that defines an `ENTRY` (a `base.BackendEntry`) and
+one line in `_ENTRIES`.
 
 An entry declares what the planner and the CLI need to know without opening the engine:
 

@@ -15,7 +15,7 @@ from typing import Any, Optional, TypeVar
 
 import typer
 
-from tei_manager.backends.registry import all_options, backend_names
+from tei_manager.services import all_options, backend_names
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,7 +32,7 @@ def backend_choice(value: str) -> str:
     return value.lower()
 
 
-def backend_option(default: str = "auto", help: str = BACKEND_HELP) -> Any:  # noqa: A002 - typer's name
+def backend_option(default: str = "auto", help: str = BACKEND_HELP) -> Any:
     return typer.Option(default, "--backend", help=help, callback=backend_choice)
 
 
@@ -44,7 +44,7 @@ def with_backend_options(func: F) -> F:
               for p in signature.parameters.values() if p.name != "backend_options"]
     extra = [
         inspect.Parameter(
-            option.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],  # noqa: UP045 - typer reads it
+            option.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
             default=typer.Option(None, option.flag, envvar=option.envvar, help=option.help),
         )
         for option in all_options()
@@ -57,5 +57,5 @@ def with_backend_options(func: F) -> F:
         return func(*args, backend_options=options, **kwargs)
 
     wrapper.__signature__ = signature.replace(parameters=[*params, *extra])  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {**{p.name: p.annotation for p in params}, **{n: Optional[str] for n in names}}  # noqa: UP045
+    wrapper.__annotations__ = {**{p.name: p.annotation for p in params}, **dict.fromkeys(names, Optional[str])}
     return typing.cast(F, wrapper)

@@ -38,12 +38,12 @@ def register(app: typer.Typer) -> None:
 def plan_command(
     profile: Path = typer.Argument(..., help="Profile YAML file."),
     backend: str = backend_option(),
-    gpus: Optional[str] = typer.Option(None, "--gpus", help=GPUS_HELP),  # noqa: UP045 - typer reads it
-    docker: Optional[bool] = typer.Option(  # noqa: UP045 - typer reads it
+    gpus: Optional[str] = typer.Option(None, "--gpus", help=GPUS_HELP),
+    docker: Optional[bool] = typer.Option(
         None, "--docker/--no-docker",
         help="Plan as if a Docker Engine with GPU support is (or is not) there; default: probe it.",
     ),
-    cpu_arch: Optional[str] = typer.Option(  # noqa: UP045 - typer reads it
+    cpu_arch: Optional[str] = typer.Option(
         None, "--cpu-arch", help="Plan for a host of this CPU architecture (x86_64 or arm64); default: this one.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the Plan as JSON."),
@@ -151,7 +151,8 @@ def print_plan(result: Plan) -> None:
 def validate_command(
     files: list[Path] = typer.Argument(..., help="Profile YAML files."),
     skip_secrets: bool = typer.Option(False, "--skip-secrets", help="Do not read the tenants' API keys."),
-    strict: bool = typer.Option(False, "--strict", help="Treat unset API-key env vars and missing key files as errors."),
+    strict: bool = typer.Option(False, "--strict",
+                                help="Treat unset API-key env vars and missing key files as errors."),
 ) -> None:
     """Check profiles: schema, references, model paths, known models and (unless --skip-secrets) API keys.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable
 from typing import Annotated, Literal, Union
 
 from pydantic import (
@@ -85,7 +86,7 @@ class SecretRef(Strict):
         return data
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "SecretRef":
+    def _exactly_one(self) -> SecretRef:
         if (self.env is None) == (self.file is None):
             raise ValueError("give exactly one of `env` or `file`")
         return self
@@ -98,7 +99,8 @@ class Quota(Strict):
     """Per-tenant limits enforced by the gateway. None means unlimited."""
 
     requests_per_second: float | None = Field(None, gt=0, description="Sustained request rate.")
-    burst: int | None = Field(None, ge=1, description="Requests allowed above the rate in a burst; default 2x the rate.")
+    burst: int | None = Field(None, ge=1,
+                              description="Requests allowed above the rate in a burst; default 2x the rate.")
     tokens_per_minute: int | None = Field(None, gt=0, description="Tokens counted by the tokenizer, per minute.")
     max_concurrent: int | None = Field(None, ge=1, description="Requests of this tenant in flight at once.")
     max_wait_ms: int = Field(2000, ge=0, description="Longest a request waits for a slot before 429.")
@@ -166,7 +168,7 @@ class Limits(Strict):
     shm_size: ByteSize | None = Field(None, description="Size of /dev/shm.")
 
     @model_validator(mode="after")
-    def _swap_covers_memory(self) -> "Limits":
+    def _swap_covers_memory(self) -> Limits:
         if self.memory_swap is not None and self.memory is not None and self.memory_swap < self.memory:
             raise ValueError("memory_swap must be at least memory (it counts memory + swap)")
         return self
@@ -299,7 +301,7 @@ class Profile(Strict):
         return value
 
     @model_validator(mode="after")
-    def _references(self, info: ValidationInfo) -> "Profile":
+    def _references(self, info: ValidationInfo) -> Profile:
         # The file loader (tei_manager.profiles) runs the same checks itself to attach line numbers,
         # and passes context={"skip_references": True}; profiles built in code are checked here.
         if info.context and info.context.get("skip_references"):
@@ -320,8 +322,8 @@ def _dotted(loc: Loc) -> str:
     return out
 
 
-def _suggest(word: str, choices: object) -> str | None:
-    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)  # type: ignore[union-attr]
+def _suggest(word: str, choices: Iterable[object]) -> str | None:
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
     return f"did you mean `{close[0]}`?" if close else None
 
 
@@ -335,8 +337,9 @@ def reference_problems(profile: Profile) -> list[tuple[Loc, str, str | None]]:
     problems: list[tuple[Loc, str, str | None]] = []
     for i, dep in enumerate(profile.deployments):
         if dep.model not in profile.models:
-            problems.append(((("deployments", i, "model")), f"unknown model {dep.model!r}; the profile defines "
-                             f"{', '.join(sorted(profile.models)) or 'no models'}", _suggest(dep.model, profile.models)))
+            defined = ", ".join(sorted(profile.models)) or "no models"
+            problems.append((("deployments", i, "model"), f"unknown model {dep.model!r}; the profile defines "
+                             f"{defined}", _suggest(dep.model, profile.models)))
         if profile.tenants and dep.tenant not in profile.tenants:
             problems.append((("deployments", i, "tenant"), f"unknown tenant {dep.tenant!r}; the profile defines "
                              f"{', '.join(sorted(profile.tenants))}", _suggest(dep.tenant, profile.tenants)))

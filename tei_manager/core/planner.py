@@ -174,8 +174,9 @@ def plan(profile: Profile, facts: HostFacts, *, observed_ports: Iterable[int] | 
         for g in facts.gpus
     )
     return Plan(profile=profile.name, source=source, instances=instances, gpus=gpus,
-                warnings=tuple(dict.fromkeys(warnings)), host=facts.origin, backend=capabilities and caps.backend,
-                tenants=dict(profile.tenants), gateway=profile.gateway)
+                warnings=tuple(dict.fromkeys(warnings)), host=facts.origin,
+                backend=caps.backend if capabilities else None, tenants=dict(profile.tenants),
+                gateway=profile.gateway)
 
 
 # --- 1 and 2: instances and devices ------------------------------------------------------------------
@@ -429,15 +430,19 @@ def _check_budget(index: int, planned: dict[int, list[_Slot]], budgets: dict[int
                           fix="one of:" + "".join(f"\n    - {fix}" for fix in fixes))
 
 
+def _mib(slot: _Slot) -> int:
+    return slot.vram.total_mib if slot.vram else 0
+
+
 def _overcommit_fixes(index: int, members: list[_Slot], budget: int, planned: dict[int, list[_Slot]],
                       budgets: dict[int, tuple[int, int]], facts: HostFacts) -> list[str]:
     fixes: list[str] = []
-    by_size = sorted((s for s in members if s.vram), key=lambda s: -s.vram.total_mib)  # type: ignore[union-attr]
-    total = sum(s.vram.total_mib for s in by_size)  # type: ignore[union-attr]
+    by_size = sorted((s for s in members if s.vram), key=lambda s: -_mib(s))
+    total = sum(_mib(s) for s in by_size)
     for slot in by_size:
         if slot.auto:
             continue
-        others = total - slot.vram.total_mib  # type: ignore[union-attr]
+        others = total - _mib(slot)
         floor = min_batch_tokens(slot.info, accept_truncation=slot.dep.tuning.accept_truncation)
         target = largest_fitting(slot.info, share_mib=budget - others, dtype=slot.dtype, flash=slot.flash,
                                  runtime=slot.vram_profile, floor=floor, cap=(slot.max_batch_tokens or floor) - 1)
@@ -448,7 +453,7 @@ def _overcommit_fixes(index: int, members: list[_Slot], budget: int, planned: di
     else:
         # No single instance can give enough back: would every fixed one at its floor fit?
         at_floor = sum(
-            (s.vram.total_mib if s.auto else estimate_vram(  # type: ignore[union-attr]
+            (_mib(s) if s.auto else estimate_vram(
                 s.info, dtype=s.dtype, flash=s.flash, runtime=s.vram_profile,
                 max_batch_tokens=min(s.max_batch_tokens or 0, min_batch_tokens(
                     s.info, accept_truncation=s.dep.tuning.accept_truncation))).total_mib)
@@ -460,7 +465,7 @@ def _overcommit_fixes(index: int, members: list[_Slot], budget: int, planned: di
                 f"{s.name} (deployments[{s.index}]) to "
                 f"{min_batch_tokens(s.info, accept_truncation=s.dep.tuning.accept_truncation)}" for s in lowered))
     for slot in by_size:
-        need = slot.vram.total_mib  # type: ignore[union-attr]
+        need = _mib(slot)
         homes = [g.index for g in facts.gpus if g.index != index and _room(g.index, planned, budgets) >= need]
         if homes:
             fixes.append(f"move {slot.name} to GPU {homes[0]} (deployments[{slot.index}].placement: "

@@ -32,7 +32,6 @@ Pure core: standard library and tei_manager.core only.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 from tei_manager.core.catalog import ModelInfo

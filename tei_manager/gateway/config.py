@@ -106,16 +106,18 @@ def build_config(
 ) -> GatewayConfig:
     """`keys` maps tenant -> plain API keys (from `tei_manager.profiles.resolve_secrets`).
 
-    Built from `plan` alone; `profile` is accepted (and unused) so that callers which still hold
-    one need not change."""
-    del profile
+    Routes come from `plan` alone.  Tenants and gateway settings too, unless `profile` is given:
+    then its tenants and settings win (they never change the plan; callers that edit them in
+    place, like the gateway tests, need not re-plan).  TODO-for-merge: once `create_app` takes
+    the plan only, drop the `profile` parameter."""
+    tenants = profile.tenants if profile is not None else plan.tenants
     routes = routes_from_plan(plan, instance_concurrency=instance_concurrency)
     names = {url: name for r in routes for url, name in zip(r.replicas, r.replica_names, strict=True)}
     return GatewayConfig(
         table=RouteTable(routes),
-        keys=KeyRing({t: list(k) for t, k in keys.items() if t in plan.tenants}),
-        tenants=tenant_limits(plan.tenants),
-        settings=plan.gateway,
-        open=not plan.tenants,
+        keys=KeyRing({t: list(k) for t, k in keys.items() if t in tenants}),
+        tenants=tenant_limits(tenants),
+        settings=profile.gateway if profile is not None else plan.gateway,
+        open=not tenants,
         instance_names=names,
     )

@@ -23,14 +23,13 @@ from typing import Any
 
 import httpx
 
-from tei_manager import orchestrator
-from tei_manager import services
-from tei_manager.services import Backend
+from tei_manager import orchestrator, services
 from tei_manager.core.diff import Action, ObservedInstance, diff
 from tei_manager.core.facts import HostFacts
 from tei_manager.core.plan import Plan
 from tei_manager.errors import BackendError, TeiManagerError
 from tei_manager.orchestrator import InstanceStatus
+from tei_manager.services import Backend
 from tei_manager.tui import gateway_stats
 
 Clock = Callable[[], float]

@@ -15,6 +15,8 @@ if _TESTS_DIR not in sys.path:
 from fixtures.tiny_models import build_tiny_reranker, minilm_path
 from gw_harness import Cluster, free_port_block, plan_for, profile_dict, start_workers
 
+from tei_manager.core.models import Profile
+
 
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
