@@ -13,6 +13,7 @@ the host's shared memory).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -92,6 +93,24 @@ def container_spec(instance: InstancePlan, *, slot: str = "") -> dict[str, Any]:
     return spec
 
 
+@contextlib.contextmanager
+def engine_errors(what: str, *, where: str, fix: str | None = None) -> Iterator[None]:
+    """The one map from the Docker SDK's failures to ours, around engine calls that have no more
+    specific handling: DockerException (API errors, NotFound), requests' connection errors and
+    OSError (socket) become a BackendError naming the instance and what was being done."""
+    import docker.errors
+    import requests.exceptions
+
+    try:
+        yield
+    except BackendError:
+        raise
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        detail = getattr(exc, "explanation", None) or exc
+        raise BackendError(f"{what}: {detail}", where=where,
+                           fix=fix or "check that the Docker Engine is running (docker info)") from exc
+
+
 def _parse_time(value: str | None) -> datetime | None:
     if not value or value.startswith("0001-"):
         return None
@@ -132,7 +151,7 @@ class DockerBackend(Backend):
         except Exception as exc:  # the SDK raises DockerException, requests errors or OSError
             raise HostError(
                 f"the Docker Engine at {self.url} does not answer: {exc}",
-                where="docker",
+                where=NAME,
                 fix="start Docker (systemctl start docker), check --docker-url/DOCKER_HOST, "
                 "or use --backend process for fallback-runtime profiles",
             ) from exc
@@ -173,7 +192,7 @@ class DockerBackend(Backend):
         try:
             containers = self.client.containers.list(all=True, filters=filters, ignore_removed=True)
         except self._errors.DockerException as exc:
-            raise BackendError(f"cannot list containers: {exc}", where="docker",
+            raise BackendError(f"cannot list containers: {exc}", where=NAME,
                                fix="check that the Docker Engine is running") from exc
         found = [self._observe(c) for c in containers]
         return sorted((o for o in found if o is not None), key=lambda o: (o.profile, o.name, o.slot))
@@ -235,10 +254,11 @@ class DockerBackend(Backend):
         """A named HF cache is created once, labelled so `down` knows to keep it."""
         if os.path.isabs(instance.hf_cache):
             return
-        try:
-            self.client.volumes.get(instance.hf_cache)
-        except self._errors.NotFound:
-            self.client.volumes.create(instance.hf_cache, labels={L.HF_CACHE: "true"})
+        with engine_errors(f"cannot create the model cache volume {instance.hf_cache}", where=instance.name):
+            try:
+                self.client.volumes.get(instance.hf_cache)
+            except self._errors.NotFound:
+                self.client.volumes.create(instance.hf_cache, labels={L.HF_CACHE: "true"})
 
     # ----------------------------------------------------------------------------- lifecycle
     def create(self, instance: InstancePlan, *, slot: str = "") -> ObservedInstance:
@@ -282,7 +302,8 @@ class DockerBackend(Backend):
         return self._observe(self._reload(container)) or obs
 
     def _reload(self, container: Any) -> Any:
-        container.reload()
+        with engine_errors("cannot read the container's state", where=container.name):
+            container.reload()
         return container
 
     def stop(self, obs: ObservedInstance, *, timeout_s: float = STOP_TIMEOUT_S) -> ObservedInstance:
@@ -320,13 +341,14 @@ class DockerBackend(Backend):
 
     def logs(self, obs: ObservedInstance, *, tail: int = 100, follow: bool = False) -> Iterator[str]:
         container = self._container(obs)
-        stream = container.logs(stream=True, follow=follow, tail=tail if tail >= 0 else "all")
         buffer = b""
-        for chunk in stream:
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                yield line.decode(errors="replace").rstrip("\r")
+        with engine_errors("cannot read the container's logs", where=obs.name):
+            stream = container.logs(stream=True, follow=follow, tail=tail if tail >= 0 else "all")
+            for chunk in stream:
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    yield line.decode(errors="replace").rstrip("\r")
         if buffer:
             yield buffer.decode(errors="replace")
 
