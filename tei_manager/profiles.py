@@ -28,7 +28,7 @@ from typing import Any, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tei_manager.core.models import Profile, reference_problems
+from tei_manager.core.models import Profile, dotted, reference_problems
 from tei_manager.errors import ProfileError, ProfileIssue
 
 Loc = tuple[Union[str, int], ...]
@@ -55,14 +55,6 @@ class ProfileSource:
 
     def issue(self, loc: Loc, message: str, hint: str | None = None) -> ProfileIssue:
         return ProfileIssue(dotted(loc), message, file=self.file, line=self.line(loc), hint=hint)
-
-
-def dotted(loc: Loc) -> str:
-    """('deployments', 1, 'tuning') -> 'deployments[1].tuning'."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 # --- public entry points -------------------------------------------------------------------------------

@@ -308,14 +308,15 @@ class Profile(Strict):
             return self
         problems = reference_problems(self)
         if problems:
-            raise ValueError("; ".join(f"{_dotted(loc)}: {msg}" for loc, msg, _ in problems))
+            raise ValueError("; ".join(f"{dotted(loc)}: {msg}" for loc, msg, _ in problems))
         return self
 
 
 Loc = tuple[Union[str, int], ...]
 
 
-def _dotted(loc: Loc) -> str:
+def dotted(loc: Loc) -> str:
+    """('deployments', 1, 'tuning') -> 'deployments[1].tuning': every error location is written so."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))

@@ -29,7 +29,16 @@ from dataclasses import dataclass, field
 from tei_manager.core.capabilities import Capabilities
 from tei_manager.core.catalog import ModelInfo, UnknownModel, model_info
 from tei_manager.core.facts import GpuFact, HostFacts
-from tei_manager.core.models import Deployment, GpuPlacement, ModelSpec, Profile, Runtime, Task, reference_problems
+from tei_manager.core.models import (
+    Deployment,
+    GpuPlacement,
+    ModelSpec,
+    Profile,
+    Runtime,
+    Task,
+    dotted,
+    reference_problems,
+)
 from tei_manager.core.plan import GpuBudget, InstancePlan, ModelSource, Plan, RuntimeSettings, VramEstimate
 from tei_manager.core.tuning import (
     VramProfile,
@@ -120,8 +129,7 @@ def plan(profile: Profile, facts: HostFacts, *, observed_ports: Iterable[int] | 
     problems = reference_problems(profile)
     if problems:
         loc, message, hint = problems[0]
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-        raise PlanError(message, where=where, fix=hint)
+        raise PlanError(message, where=dotted(loc), fix=hint)
 
     warnings: list[str] = []
     if not facts.gpus and facts.nvml_error:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from tei_manager.core.addresses import http_url
 from tei_manager.core.models import GatewaySettings, Profile, Tenant
 from tei_manager.core.plan import InstancePlan, Plan
 from tei_manager.gateway.keys import KeyRing
@@ -35,10 +36,7 @@ class GatewayConfig:
 
 def upstream_url(bind: str, port: int) -> str:
     """Where the gateway reaches an instance published on `bind:port`."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(bind, bind)
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return http_url(bind, port)
 
 
 def instance_capacity(inst: InstancePlan, override: int | None) -> int:

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from tei_manager import orchestrator, services
+from tei_manager.core.addresses import http_url
 from tei_manager.core.diff import Action, ObservedInstance, diff
 from tei_manager.core.facts import HostFacts
 from tei_manager.core.plan import Plan
@@ -221,9 +222,8 @@ class TuiServices:
         """The instance's own TEI `/info` (straight from the instance, not through the gateway)."""
         if row.port is None:
             raise BackendError("the instance publishes no port", where=row.name)
-        host = "127.0.0.1" if row.bind in ("", "-", "0.0.0.0") else row.bind
         try:
-            response = self._http.get(f"http://{host}:{row.port}/info")
+            response = self._http.get(f"{http_url(row.bind, row.port)}/info")
             response.raise_for_status()
             body = response.json()
         except (httpx.HTTPError, ValueError) as exc:
