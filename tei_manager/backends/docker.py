@@ -54,7 +54,7 @@ def container_spec(instance: InstancePlan, *, slot: str = "") -> dict[str, Any]:
     `text-embeddings-router` takes.
     """
     environment = {**instance.env, **get_runtime(instance.runtime).render_env(instance, in_container=True)}
-    volumes: dict[str, dict[str, str]] = {instance.hf_cache: {"bind": CONTAINER_HF_CACHE, "mode": "rw"}}
+    volumes: dict[str, dict[str, str]] = {instance.hf_cache.name: {"bind": CONTAINER_HF_CACHE, "mode": "rw"}}
     if instance.model.local_path is not None:
         volumes[instance.model.local_path] = {
             "bind": f"{CONTAINER_MODEL_DIR}/{instance.model.mount_name}",
@@ -252,13 +252,14 @@ class DockerBackend(Backend):
 
     def _ensure_cache_volume(self, instance: InstancePlan) -> None:
         """A named HF cache is created once, labelled so `down` knows to keep it."""
-        if os.path.isabs(instance.hf_cache):
+        volume = instance.hf_cache.volume
+        if volume is None:
             return
-        with engine_errors(f"cannot create the model cache volume {instance.hf_cache}", where=instance.name):
+        with engine_errors(f"cannot create the model cache volume {volume}", where=instance.name):
             try:
-                self.client.volumes.get(instance.hf_cache)
+                self.client.volumes.get(volume)
             except self._errors.NotFound:
-                self.client.volumes.create(instance.hf_cache, labels={L.HF_CACHE: "true"})
+                self.client.volumes.create(volume, labels={L.HF_CACHE: "true"})
 
     # ----------------------------------------------------------------------------- lifecycle
     def create(self, instance: InstancePlan, *, slot: str = "") -> ObservedInstance:

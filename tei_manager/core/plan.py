@@ -41,7 +41,8 @@ class VramEstimate(Frozen):
 
 
 class ModelSource(Frozen):
-    """Where the runtime loads the model from."""
+    """Where the runtime loads the model from: the hub (id + revision) or a local directory.
+    Downloads from the hub land in the instance's `hf_cache`."""
 
     hub_id: str
     revision: str | None = None
@@ -74,6 +75,23 @@ class RuntimeSettings(Frozen):
     extra_args: tuple[str, ...] = Field((), description="Passed verbatim after the generated flags.")
 
 
+class ModelCache(Frozen):
+    """Where downloaded models are kept, shared by every instance: a named volume the engine
+    manages, or a directory on the host.  Exactly one is set."""
+
+    volume: str | None = None
+    host_path: str | None = None
+
+    @classmethod
+    def from_profile(cls, value: str) -> ModelCache:
+        """The profile's `hf_cache`: an absolute path is a host directory, anything else a volume name."""
+        return cls(host_path=value) if value.startswith("/") else cls(volume=value)
+
+    @property
+    def name(self) -> str:
+        return self.host_path or self.volume or ""
+
+
 class InstancePlan(Frozen):
     """One process or container serving one model for one tenant."""
 
@@ -101,7 +119,7 @@ class InstancePlan(Frozen):
     memory_swap_bytes: int | None = None
     cpus: float | None = None
     shm_bytes: int | None = None
-    hf_cache: str = Field(description="Docker volume name or absolute host path.")
+    hf_cache: ModelCache = Field(description="The shared model cache (a volume or a host directory).")
     vram: VramEstimate | None = None
     health_path: str = HEALTH_PATH
 
@@ -170,6 +188,14 @@ class Plan(Frozen):
         default_factory=dict, description="Tenants with their quotas and key *references* (never key values)."
     )
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+
+    def deployments(self) -> dict[str, tuple[InstancePlan, ...]]:
+        """Deployment name -> its replicas, by replica number.  Backends that run a deployment as
+        one object (`Capabilities.replicas_as_one`) read this; the others take the instances."""
+        grouped: dict[str, list[InstancePlan]] = {}
+        for inst in self.instances:
+            grouped.setdefault(inst.deployment, []).append(inst)
+        return {name: tuple(sorted(members, key=lambda i: i.replica)) for name, members in grouped.items()}
 
     def instance(self, name: str) -> InstancePlan:
         for inst in self.instances:

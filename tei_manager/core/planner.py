@@ -39,7 +39,15 @@ from tei_manager.core.models import (
     dotted,
     reference_problems,
 )
-from tei_manager.core.plan import GpuBudget, InstancePlan, ModelSource, Plan, RuntimeSettings, VramEstimate
+from tei_manager.core.plan import (
+    GpuBudget,
+    InstancePlan,
+    ModelCache,
+    ModelSource,
+    Plan,
+    RuntimeSettings,
+    VramEstimate,
+)
 from tei_manager.core.tuning import (
     VramProfile,
     auto_max_batch_tokens,
@@ -611,7 +619,7 @@ def _instance(slot: _Slot, profile: Profile, facts: HostFacts) -> InstancePlan:
         memory_swap_bytes=limits.memory_swap,
         cpus=limits.cpus,
         shm_bytes=limits.shm_size,
-        hf_cache=profile.hf_cache,
+        hf_cache=ModelCache.from_profile(profile.hf_cache),
         vram=slot.vram,
         health_path=runtime.health_path,
     )

@@ -55,12 +55,8 @@ def instance_capacity(inst: InstancePlan, override: int | None) -> int:
 
 
 def routes_from_plan(plan: Plan, *, instance_concurrency: int | None = None) -> list[Route]:
-    by_deployment: dict[str, list[InstancePlan]] = {}
-    for inst in plan.instances:
-        by_deployment.setdefault(inst.deployment, []).append(inst)
     routes = []
-    for deployment, instances in by_deployment.items():
-        instances.sort(key=lambda i: i.replica)
+    for deployment, instances in plan.deployments().items():
         first = instances[0]
         routes.append(
             Route(

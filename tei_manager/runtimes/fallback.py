@@ -45,8 +45,8 @@ class FallbackRuntime:
             return {"HUGGINGFACE_HUB_CACHE": CONTAINER_HF_CACHE}
         # An empty CUDA_VISIBLE_DEVICES hides every GPU: a CPU placement stays on the CPU.
         env = {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "" if instance.gpu is None else str(instance.gpu)}
-        if instance.hf_cache.startswith("/"):
-            env["HUGGINGFACE_HUB_CACHE"] = instance.hf_cache
+        if instance.hf_cache.host_path is not None:
+            env["HUGGINGFACE_HUB_CACHE"] = instance.hf_cache.host_path
         return env
 
 

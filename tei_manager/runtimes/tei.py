@@ -116,8 +116,8 @@ class TeiRuntime:
         if in_container:
             return {"HUGGINGFACE_HUB_CACHE": CONTAINER_HF_CACHE}
         env = {"CUDA_VISIBLE_DEVICES": "" if instance.gpu is None else str(instance.gpu)}
-        if instance.hf_cache.startswith("/"):
-            env["HUGGINGFACE_HUB_CACHE"] = instance.hf_cache
+        if instance.hf_cache.host_path is not None:
+            env["HUGGINGFACE_HUB_CACHE"] = instance.hf_cache.host_path
         return env
 
 

@@ -12,7 +12,7 @@ from backend_helpers import instance
 
 from tei_manager.backends import labels as L
 from tei_manager.backends.docker import container_spec
-from tei_manager.core.plan import ModelSource
+from tei_manager.core.plan import ModelCache, ModelSource
 
 
 def test_cpu_instance_is_unprivileged_limited_and_published_on_loopback_only():
@@ -34,7 +34,7 @@ def test_cpu_instance_is_unprivileged_limited_and_published_on_loopback_only():
 def test_gpu_pinning_and_local_model_mount():
     inst = instance("g", gpu=1, runtime="tei").model_copy(update={
         "model": ModelSource(hub_id="BAAI/bge-m3", local_path="/srv/models/m3", mount_name="m3"),
-        "hf_cache": "/var/cache/hf"})
+        "hf_cache": ModelCache(host_path="/var/cache/hf")})
     spec = container_spec(inst, slot="next")
     assert spec["name"] == "tei-p-g.next"
     (request,) = spec["device_requests"]
