@@ -7,18 +7,18 @@ What it decides, in this order:
 2. **Devices.** `cpu`; `{gpu: N}` pins; `{gpu: [N, M]}` spreads replicas round-robin; `shared`
    instances are bin-packed after the pinned ones, largest VRAM estimate first, each onto the GPU
    with the most room left ("worst fit decreasing" keeps GPUs evenly loaded).
-3. **Runtime.** `auto` is TEI when the Docker Engine answers and TEI has an image for the device
-   (every CPU; GPUs of compute capability 7.5, 8.0, 8.6, 8.9, 9.0, 10.0, 12.0, 12.1), else the
-   fallback worker.  `rerank_mode: bi-encoder` always means the fallback worker.  The reason is
-   kept in `InstancePlan.runtime_reason`.
+3. **Runtime.** `auto` takes the first runtime of the registry (tei_manager.runtimes: TEI, then
+   the fallback worker) that has neither a hard obstacle (its own: no image for this GPU or CPU
+   architecture, no bfloat16) nor a backend obstacle (`Capabilities`: engine unreachable, no
+   GPU runtime, nothing of that runtime the backend can start).  `rerank_mode: bi-encoder` means
+   a runtime that ranks with embeddings.  The reason is kept in `InstancePlan.runtime_reason`.
 4. **VRAM.** Per GPU: budget = total - `gpu_headroom_mib` - memory held by processes that are not
    ours (live hosts only).  `max_batch_tokens: auto` instances share what the fixed ones leave.
    Over budget -> `OvercommitError` naming the GPU, each instance's estimate and what to change.
 5. **Ports.** Explicit ports (replicas take p, p+1, ...) first, then `auto` ports from
    AUTO_PORT_BASE upward, skipping explicit ones, the gateway's port and `observed_ports`.
-6. **Arguments.** TEI's flags in the order of seed 004 (`--max-batch-tokens`,
-   `--max-concurrent-requests`, `--max-client-batch-size`), then `--served-model-name`, the
-   optional flags only when the profile sets them, then `extra_args`.
+6. **Settings.** The runtime's settings as typed values (`RuntimeSettings`); the runtime renders
+   them as flags when a backend starts the instance.
 """
 
 from __future__ import annotations
