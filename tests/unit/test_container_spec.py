@@ -55,3 +55,21 @@ def test_labels_carry_the_plan_but_never_credentials():
     stored = L.plan_from_labels(labels)
     assert stored.env["LOG_LEVEL"] == "info" and stored.env["HF_TOKEN"] == "***"
     assert "--api-key" in stored.args and "k-secret" not in stored.args
+
+
+def test_a_local_process_gets_only_the_environment_it_needs(monkeypatch):
+    """The operator's shell never leaks into an instance: only what starts a program and finds
+    its Python install, the deployment's own env and what the runtime renders."""
+    from tei_manager.backends.process import ProcessBackend
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "operator-secret")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    inst = instance("a").model_copy(update={"env": {"LOG_LEVEL": "debug"},
+                                             "hf_cache": ModelCache(host_path="/var/cache/hf")})
+    env = ProcessBackend()._environment(inst)
+    assert "AWS_SECRET_ACCESS_KEY" not in env
+    assert env["PATH"] == "/usr/bin:/bin" and env["LOG_LEVEL"] == "debug"
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and env["HUGGINGFACE_HUB_CACHE"] == "/var/cache/hf"
+    spec = container_spec(inst)
+    assert "AWS_SECRET_ACCESS_KEY" not in spec["environment"]
+    assert spec["environment"] == {"LOG_LEVEL": "debug", "HUGGINGFACE_HUB_CACHE": "/data"}
