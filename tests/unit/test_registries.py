@@ -172,14 +172,22 @@ tenants:
     return path
 
 
-def test_a_toy_runtime_and_backend_plan_and_apply_from_this_file_alone(toy: ToyBackend, tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_toy_runtime_and_backend_plan_and_apply_from_this_file_alone(
+        toy: ToyBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("TEI_MANAGER_STATE_DIR", str(tmp_path / "state"))
     port = _free_port_pair()
     path = _profile(tmp_path, port)
     plan = services.plan_profile(path, backend="toy")
     assert [(i.runtime, i.host_port) for i in plan.instances] == [("toy", port), ("toy", port + 1)]
     assert plan.backend == "toy" and plan.instances[0].runtime_reason.startswith("auto: toy")
+
+    # The CLI knows the new backend without a line changed there: `plan --backend toy` prints the same plan.
+    from tei_manager.cli.app import main
+
+    capsys.readouterr()
+    assert main(["plan", str(path), "--backend", "toy", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [(i["runtime"], i["host_port"]) for i in shown["instances"]] == [("toy", port), ("toy", port + 1)]
 
     target = services.open_target("toy", plan.profile)
     result = orchestrator.apply(plan, target.backend, timeout_s=10)
