@@ -209,7 +209,9 @@ class Deployment(Strict):
     shared: bool = Field(False, description="Reachable through the gateway by every tenant, not only the owner.")
     placement: Placement = Field("shared", description="cpu, shared, {gpu: 0} or {gpu: [0, 1]}.")
     replicas: int = Field(1, ge=1, description="Instances of this deployment; the gateway balances over them.")
-    runtime: RuntimeChoice = Field("auto", description="tei, fallback, or auto (tei where it can run).")
+    runtime: RuntimeChoice = Field(
+        "auto", description="auto (the first runtime that can run it: tei, then fallback) or a runtime's name."
+    )
     rerank_mode: Literal["cross-encoder", "bi-encoder"] | None = Field(
         None, description="bi-encoder serves /rerank from an embedding model (fallback runtime only)."
     )
