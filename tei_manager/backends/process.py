@@ -147,7 +147,14 @@ class ProcessBackend(Backend):
         return any(m in arg for arg in _cmdline(pid)[:3] for m in markers)
 
     def _observe(self, path: Path, record: dict[str, Any]) -> ObservedInstance:
-        plan = InstancePlan.model_validate(record["plan"])
+        raw = record["plan"]
+        plan: InstancePlan | None
+        try:
+            plan = InstancePlan.model_validate(raw)
+        except ValueError:
+            # A record written by an older version: still listed (so apply replaces it and down
+            # removes it), from the few fields every version wrote.
+            plan = None
         alive = self._alive(record)
         if alive:
             state = "running"
@@ -160,16 +167,16 @@ class ProcessBackend(Backend):
             exit_code = _reap(record["pid"])
         started = record.get("started_at")
         return ObservedInstance(
-            name=plan.name,
-            profile=plan.profile,
+            name=str(raw["name"]),
+            profile=str(raw["profile"]),
             backend=self.name,
             handle=str(path),
             state=state,  # type: ignore[arg-type]
             spec_hash=record.get("spec_hash"),
             plan=plan,
             slot=record.get("slot", ""),
-            bind=plan.bind,
-            port=plan.host_port,
+            bind=raw.get("bind"),
+            port=raw.get("host_port"),
             started_at=datetime.fromisoformat(started) if started else None,
             exit_code=exit_code,
             engine_restarts=0,
@@ -196,8 +203,8 @@ class ProcessBackend(Backend):
                     continue
                 try:
                     found.append(self._observe(path, record))
-                except ValueError:
-                    continue  # a record from an incompatible version: ignored, not fatal
+                except (ValueError, KeyError, TypeError):
+                    continue  # not a record any version wrote: ignored, not fatal
         return found
 
     def refresh(self, obs: ObservedInstance) -> ObservedInstance | None:
@@ -262,7 +269,11 @@ class ProcessBackend(Backend):
         path, record = self._load(obs)
         if self._alive(record):
             return self._observe(path, record)
-        plan = InstancePlan.model_validate(record["plan"])
+        try:
+            plan = InstancePlan.model_validate(record["plan"])
+        except ValueError as exc:
+            raise BackendError("the instance was recorded by an older version of tei-manager", where=obs.name,
+                               fix="run `tei-manager apply` to replace it") from exc
         argv = _runtime_command(plan.runtime) + plan.command(in_container=False)
         log_path = Path(record["log"])
         with log_path.open("ab") as log:

@@ -73,3 +73,25 @@ def test_a_local_process_gets_only_the_environment_it_needs(monkeypatch):
     spec = container_spec(inst)
     assert "AWS_SECRET_ACCESS_KEY" not in spec["environment"]
     assert spec["environment"] == {"LOG_LEVEL": "debug", "HUGGINGFACE_HUB_CACHE": "/data"}
+
+
+def test_a_process_record_from_an_older_version_is_listed_and_removable(tmp_path):
+    """Records written before runtime settings were typed (flags in `args`) stay visible, so that
+    apply replaces them and down removes them instead of tripping over them."""
+    import json as _json
+
+    from tei_manager.backends.process import ProcessBackend
+
+    old = instance("a").model_dump(mode="json")
+    del old["settings"]
+    old["args"] = ["--max-batch-tokens", "4096"]
+    record = tmp_path / "p" / "instances" / "a.json"
+    record.parent.mkdir(parents=True)
+    log = tmp_path / "a.log"
+    log.write_text("")
+    record.write_text(_json.dumps({"plan": old, "spec_hash": "old", "pid": None, "stopped": True, "log": str(log)}))
+    backend = ProcessBackend(root=tmp_path)
+    (obs,) = backend.list("p")
+    assert (obs.name, obs.port, obs.plan, obs.state) == ("a", 18000, None, "exited")
+    backend.remove(obs)
+    assert backend.list("p") == [] and not record.exists()
