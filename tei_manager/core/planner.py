@@ -171,7 +171,9 @@ def plan(profile: Profile, facts: HostFacts, *, observed_ports: Iterable[int] | 
     for index in planned:
         _check_budget(index, planned, budgets, facts, profile)
 
-    _assign_ports(slots, profile, set(observed_ports or ()), warnings)
+    # Where the engine decides how instances are reached (a cluster), this host's ports do not matter.
+    observed = set() if caps.allocates_host_ports else set(observed_ports or ())
+    _assign_ports(slots, profile, observed, warnings)
 
     instances = tuple(_instance(slot, profile, facts) for slot in slots)
     for slot in slots:
