@@ -37,7 +37,7 @@ def test_reload_reuses_the_plan_unless_its_inputs_changed(tmp_path: Path, monkey
     path.write_text(PROFILE)
     loader = GatewayLoader(path, "process")
 
-    profile, plan, keys = loader()
+    _, plan, keys = loader()
     config = build_config(None, plan, keys)
     assert (len(probes), loader.plans_made) == (1, 1)
     assert config.tenants["a"].requests_per_second == 5 and not config.open

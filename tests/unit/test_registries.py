@@ -61,7 +61,7 @@ def _server(inst: InstancePlan) -> ThreadingHTTPServer:
     body = json.dumps({"model_id": inst.served_model_name}).encode()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:  # the stdlib names it
             self.send_response(200)
             self.send_header("content-type", "application/json")
             self.end_headers()
