@@ -44,7 +44,7 @@ class ProfileError(TeiManagerError):
     exit_code = 2
 
     def __init__(self, what: str, *, where: str | None = None, fix: str | None = None,
-                 issues: list["ProfileIssue"] | None = None) -> None:
+                 issues: list[ProfileIssue] | None = None) -> None:
         self.issues = issues or []
         super().__init__(what, where=where, fix=fix)
 
@@ -66,6 +66,8 @@ class ProfileIssue:
         self.file = file
         self.line = line
         self.hint = hint
+        #: True for an API key whose env var or file is not there (a warning unless --strict).
+        self.unset_secret = False
 
     def render(self) -> str:
         location = self.file or "<profile>"

@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
+from tei_manager.core.addresses import connect_host, http_url
 from tei_manager.core.plan import HEALTH_PATH
 
 
@@ -34,15 +35,11 @@ class SystemClock:
 
 def probe_host(bind: str) -> str:
     """The address to reach an instance published on `bind` (wildcards mean loopback)."""
-    if bind in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if bind in ("::", "[::]"):
-        return "[::1]"
-    return f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind
+    return connect_host(bind)
 
 
 def base_url(bind: str, port: int) -> str:
-    return f"http://{probe_host(bind)}:{port}"
+    return http_url(bind, port)
 
 
 @dataclass(frozen=True)

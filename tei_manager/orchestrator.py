@@ -31,12 +31,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
-from tei_manager.backends.base import Backend
+from tei_manager.backends.base import Backend, HostPids, SlotRenaming
 from tei_manager.core.diff import Action, ObservedInstance, diff
 from tei_manager.core.plan import InstancePlan, Plan
 from tei_manager.errors import ApplyError, BackendError, TeiManagerError
 from tei_manager.health import Clock, HealthProbe, HttpHealthProbe, SystemClock
+from tei_manager.probe import gpu_memory_by_pid
 from tei_manager.state import ProfileBusy, profile_lock, supervisor_restarts
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -167,7 +169,7 @@ def _preflight(actions: Sequence[Action], observed: Sequence[ObservedInstance], 
         if action.kind not in ("create", "replace") or action.desired is None:
             continue
         inst = action.desired
-        _emit(on_event, InstanceStep(inst.name, "preparing", inst.image if backend.name == "docker" else ""))
+        _emit(on_event, InstanceStep(inst.name, "preparing", backend.prepare_detail(inst)))
 
         def progress(message: str, done: int | None, total: int | None, name: str = inst.name) -> None:
             _emit(on_event, Preparing(name, message, done, total))
@@ -183,7 +185,7 @@ def _preflight(actions: Sequence[Action], observed: Sequence[ObservedInstance], 
 
 
 # ------------------------------------------------------------------------------------------ health gate
-def _expected_model_ok(info: dict, inst: InstancePlan) -> bool:
+def _expected_model_ok(info: dict[str, Any], inst: InstancePlan) -> bool:
     names = {inst.served_model_name, inst.model.hub_id, inst.model.model_ref(in_container=True),
              inst.model.model_ref(in_container=False)}
     return info.get("served_model_name") in names or info.get("model_id") in names
@@ -195,7 +197,7 @@ def _failure(backend: Backend, obs: ObservedInstance, inst: InstancePlan, what: 
     current = backend.refresh(obs) or obs
     if _OOM_LOG.search(cause) and not current.oom_killed:
         estimate = f"~{inst.vram.total_mib} MiB estimated" if inst.vram else "no VRAM estimate"
-        tokens = inst.vram.max_batch_tokens if inst.vram else _arg(inst, "--max-batch-tokens")
+        tokens = inst.settings.max_batch_tokens
         return BackendError(
             f"ran out of {'GPU ' if inst.gpu is not None else ''}memory during warm-up ({estimate}); {cause}",
             where=inst.name,
@@ -213,11 +215,6 @@ def _failure(backend: Backend, obs: ObservedInstance, inst: InstancePlan, what: 
         )
     return BackendError(f"{what}; {cause}", where=inst.name,
                         fix=f"see `tei-manager logs {inst.name}`; check the model, image and runtime flags")
-
-
-def _arg(inst: InstancePlan, flag: str) -> str:
-    args = list(inst.args)
-    return args[args.index(flag) + 1] if flag in args and args.index(flag) + 1 < len(args) else "?"
 
 
 def wait_healthy(backend: Backend, obs: ObservedInstance, inst: InstancePlan, *, timeout_s: float,
@@ -245,7 +242,8 @@ def wait_healthy(backend: Backend, obs: ObservedInstance, inst: InstancePlan, *,
             info = probe.info(inst.bind, inst.host_port)
             if info is not None and not _expected_model_ok(info, inst):
                 raise BackendError(
-                    f"port {inst.host_port} answers for model {info.get('served_model_name') or info.get('model_id')!r}, "
+                    f"port {inst.host_port} answers for model "
+                    f"{info.get('served_model_name') or info.get('model_id')!r}, "
                     f"expected {inst.served_model_name!r}",
                     where=inst.name, fix="another server may be listening on that port; pick another port",
                 )
@@ -264,7 +262,7 @@ def _last_log_line(backend: Backend, obs: ObservedInstance) -> str | None:
         lines = [line for line in backend.logs(obs, tail=5) if line.strip()]
     except TeiManagerError:
         return None
-    except Exception:  # a log read racing the engine must not fail the wait
+    except Exception:  # noqa: BLE001 - a log read racing the engine must not fail the wait
         return None
     return lines[-1][-200:] if lines else None
 
@@ -292,7 +290,7 @@ class _Journal:
             _emit(self.on_event, InstanceStep(instance, "rollback", what))
             try:
                 fn()
-            except Exception as exc:  # keep undoing the rest; report what could not be undone
+            except Exception as exc:  # noqa: BLE001 - keep undoing the rest; report what could not be undone
                 problems.append(f"{instance}: {what} failed: {exc}")
         return problems
 
@@ -307,7 +305,8 @@ def _restore_old(journal: _Journal, cell: list[ObservedInstance], was_running: b
     def undo() -> None:
         backend = journal.backend
         current = backend.refresh(cell[0]) or cell[0]
-        current = backend.rename(current, "")
+        if isinstance(backend, SlotRenaming):
+            current = backend.rename(current, "")
         if was_running:
             current = backend.start(current)
             # "As it was before" is only true once the old version answers again; a restore that
@@ -318,7 +317,8 @@ def _restore_old(journal: _Journal, cell: list[ObservedInstance], was_running: b
     return undo
 
 
-def _set_aside(backend: Backend, journal: _Journal, obs: ObservedInstance, stop_timeout_s: float) -> list[ObservedInstance]:
+def _set_aside(backend: Backend, journal: _Journal, obs: ObservedInstance,
+               stop_timeout_s: float) -> list[ObservedInstance]:
     """Stop `obs` and rename it to slot "old"; undo renames it back and starts it again."""
     was_running = obs.state in ("running", "restarting")
     _emit(journal.on_event, InstanceStep(obs.name, "stopping", "old version kept until the new one is healthy"))
@@ -326,15 +326,32 @@ def _set_aside(backend: Backend, journal: _Journal, obs: ObservedInstance, stop_
     journal.add(obs.name, "restore the previous instance", _restore_old(journal, cell, was_running))
     if obs.state in ("running", "restarting", "paused"):
         cell[0] = backend.stop(obs, timeout_s=stop_timeout_s)
-    cell[0] = backend.rename(cell[0], "old")
+    if isinstance(backend, SlotRenaming):
+        cell[0] = backend.rename(cell[0], "old")
     journal.aside.append(cell)
     return cell
+
+
+def _replace_in_place(backend: Backend, journal: _Journal, old: ObservedInstance, stop_timeout_s: float) -> None:
+    """For a backend without slots: the old version must go before the new one can take its name,
+    so a failed replace cannot bring it back (the rollback says so)."""
+    _emit(journal.on_event, InstanceStep(old.name, "removing", "previous version (this backend keeps no second copy)"))
+
+    def cannot_restore() -> None:
+        raise BackendError(f"the {backend.name} backend keeps no second copy to restore", where=old.name,
+                           fix="run `tei-manager apply` again with the previous profile")
+
+    journal.add(old.name, "restore the previous instance", cannot_restore)
+    if old.state in ("running", "restarting", "paused"):
+        old = backend.stop(old, timeout_s=stop_timeout_s)
+    backend.remove(old)
 
 
 def _start_new(backend: Backend, journal: _Journal, inst: InstancePlan, *, slot: str, timeout_s: float,
                clock: Clock) -> list[ObservedInstance]:
     on_event = journal.on_event
-    _emit(on_event, InstanceStep(inst.name, "creating", f"{inst.runtime} on {inst.device}, {inst.bind}:{inst.host_port}"))
+    where = f"{inst.runtime} on {inst.device}, {inst.bind}:{inst.host_port}"
+    _emit(on_event, InstanceStep(inst.name, "creating", where))
     cell = [backend.create(inst, slot=slot)]
     journal.add(inst.name, "remove the new instance", _remove_new(backend, cell))
     _emit(on_event, InstanceStep(inst.name, "starting"))
@@ -355,7 +372,10 @@ def _converge(action: Action, backend: Backend, journal: _Journal, *, timeout_s:
     elif action.kind == "replace":
         assert inst is not None and old is not None
         same_port = (old.bind, old.port) == (inst.bind, inst.host_port)
-        if same_port or (check_ports and not port_free(inst.bind, inst.host_port)):
+        if not isinstance(backend, SlotRenaming):
+            _replace_in_place(backend, journal, old, stop_timeout_s)
+            _start_new(backend, journal, inst, slot="", timeout_s=timeout_s, clock=clock)
+        elif same_port or (check_ports and not port_free(inst.bind, inst.host_port)):
             # The port is the old instance's: it must stop before the new one can listen.
             _set_aside(backend, journal, old, stop_timeout_s)
             _start_new(backend, journal, inst, slot="", timeout_s=timeout_s, clock=clock)
@@ -363,7 +383,7 @@ def _converge(action: Action, backend: Backend, journal: _Journal, *, timeout_s:
             # Make before break: the new one is healthy on its own port before the old one stops.
             cell = _start_new(backend, journal, inst, slot="next", timeout_s=timeout_s, clock=clock)
             _set_aside(backend, journal, old, stop_timeout_s)
-            cell[0] = backend.rename(cell[0], "")
+            cell[0] = backend.rename(cell[0], "")  # checked above: this backend has slots
     elif action.kind == "remove":
         assert old is not None
         _set_aside(backend, journal, old, stop_timeout_s)
@@ -465,33 +485,6 @@ def _down(profile: str, backend: Backend, on_event: EventSink | None, stop_timeo
 
 
 # ------------------------------------------------------------------------------------------ status
-def gpu_memory_by_pid() -> dict[int, int]:
-    """MiB of GPU memory per host pid from NVML; empty when there is no NVIDIA driver."""
-    try:
-        import pynvml
-    except ImportError:
-        return {}
-    try:
-        pynvml.nvmlInit()
-    except Exception:  # NVMLError and friends: no driver, no GPU, no library
-        return {}
-    usage: dict[int, int] = {}
-    try:
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                used = proc.usedGpuMemory or 0
-                usage[proc.pid] = usage.get(proc.pid, 0) + used // 2**20
-    except Exception:
-        pass
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
-    return usage
-
-
 def _health_of(obs: ObservedInstance, probe: HealthProbe) -> str:
     if obs.state != "running" or obs.port is None or obs.bind is None:
         return "-"
@@ -511,7 +504,7 @@ def status(backends: Backend | Iterable[Backend], profile: str | None = None, *,
     if isinstance(backends, Backend):
         backends = [backends]
     probe = probe or HttpHealthProbe()
-    gpu = gpu_memory_by_pid()
+    gpu = gpu_memory_by_pid()  # one NVML read per status call, matched to instances by pid
     rows: list[InstanceStatus] = []
     restarts_cache: dict[str, dict[str, int]] = {}
     for backend in backends:
@@ -520,7 +513,7 @@ def status(backends: Backend | Iterable[Backend], profile: str | None = None, *,
             if obs.profile not in restarts_cache:
                 restarts_cache[obs.profile] = supervisor_restarts(obs.profile)
             memory = None
-            if gpu and obs.state == "running":
+            if gpu and obs.state == "running" and isinstance(backend, HostPids):
                 pids = backend.pids(obs)
                 used = [gpu[p] for p in pids if p in gpu]
                 memory = sum(used) if used else 0

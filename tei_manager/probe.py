@@ -11,10 +11,12 @@ host.  What could not be read is recorded (`HostFacts.nvml_error`, `DockerFact.e
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+import platform
+from typing import Any, Literal
 
-from tei_manager.core.facts import DockerFact, GpuFact, GpuProcess, HostFacts
+from tei_manager.core.facts import DockerFact, GpuFact, GpuProcess, HostFacts, normalize_arch
 
 MIB = 1024 * 1024
 #: Docker calls during probing; a daemon that takes longer is reported as unreachable.
@@ -30,8 +32,17 @@ def probe_host(docker_url: str | None = None, *, docker_timeout_s: float = DOCKE
         nvml_error=nvml_error,
         cpu_count=_cpu_count(),
         memory_bytes=_memory_bytes(),
+        cpu_arch=cpu_arch(),
         origin="live",
     )
+
+
+def cpu_arch() -> Literal["x86_64", "arm64"]:
+    """This machine's CPU architecture (images are built per architecture)."""
+    try:
+        return normalize_arch(platform.machine())
+    except ValueError:
+        return "x86_64"  # an architecture TEI has no image for: x86_64 images simply will not run
 
 
 def probe_gpus() -> tuple[tuple[GpuFact, ...], str | None]:
@@ -42,18 +53,25 @@ def probe_gpus() -> tuple[tuple[GpuFact, ...], str | None]:
         return (), "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
     try:
         pynvml.nvmlInit()
-    except Exception as exc:  # NVMLError subclasses, or OSError from a broken library
+    except Exception as exc:  # noqa: BLE001 - NVMLError subclasses, or OSError from a broken library
         return (), _nvml_reason(exc)
     try:
         count = pynvml.nvmlDeviceGetCount()
         return tuple(_gpu(pynvml, i) for i in range(count)), (None if count else "NVML lists no GPU")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a driver failing mid-read is "no GPU facts", with the reason
         return (), _nvml_reason(exc)
     finally:
-        try:
+        with contextlib.suppress(Exception):  # shutting down a half-initialised NVML may fail too
             pynvml.nvmlShutdown()
-        except Exception:
-            pass
+
+
+def gpu_memory_by_pid() -> dict[int, int]:
+    """MiB of GPU memory per host pid (NVML's per-process figures); empty without an NVIDIA driver."""
+    usage: dict[int, int] = {}
+    for gpu in probe_gpus()[0]:
+        for proc in gpu.processes:
+            usage[proc.pid] = usage.get(proc.pid, 0) + proc.used_mib
+    return usage
 
 
 def _nvml_reason(exc: BaseException) -> str:
@@ -85,8 +103,9 @@ def _processes(nvml: Any, handle: Any) -> tuple[GpuProcess, ...]:
     out = []
     for proc in procs:
         used = getattr(proc, "usedGpuMemory", None)  # None when the driver hides it (containers, WDDM)
-        out.append(GpuProcess(pid=int(proc.pid), used_mib=int(used // MIB) if used else 0,
-                              name=_optional(lambda: _text(nvml.nvmlSystemGetProcessName(proc.pid))) or ""))
+        pid = int(proc.pid)
+        out.append(GpuProcess(pid=pid, used_mib=int(used // MIB) if used else 0,
+                              name=_optional(lambda pid=pid: _text(nvml.nvmlSystemGetProcessName(pid))) or ""))
     return tuple(out)
 
 
@@ -98,7 +117,7 @@ def _optional(read: Any) -> Any:
     """Fields some drivers or GPUs do not support are left None rather than failing the probe."""
     try:
         return read()
-    except Exception:
+    except Exception:  # noqa: BLE001 - NVMLError_NotSupported and friends: an optional field
         return None
 
 
@@ -116,14 +135,12 @@ def probe_docker(docker_url: str | None = None, *, timeout_s: float = DOCKER_TIM
             client = docker.from_env(timeout=int(max(1, timeout_s)))
         version = client.version()
         info = client.info()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - DockerException, requests errors or OSError: all mean "unreachable"
         return DockerFact(reachable=False, error=_docker_reason(exc, docker_url))
     finally:
         if client is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a half-open client is best effort
                 client.close()
-            except Exception:
-                pass
     runtimes = info.get("Runtimes") or {}
     # `--gpus` needs the NVIDIA Container Toolkit: a registered `nvidia` runtime, or CDI specs for it.
     cdi = any("nvidia" in str(d) for d in (info.get("CDISpecDirs") or [])) and bool(info.get("DiscoveredDevices"))
@@ -175,4 +192,4 @@ def host_facts(gpus: str | None = None, *, docker: bool | None = None, docker_ur
         if docker is True:  # plan as if TEI containers can run here, whatever the probe found
             engine = DockerFact(reachable=True, nvidia_runtime=True, version=engine.version)
     return HostFacts(gpus=gpu_facts, docker=engine, nvml_error=nvml_error, cpu_count=_cpu_count(),
-                     memory_bytes=_memory_bytes(), origin="live")
+                     memory_bytes=_memory_bytes(), cpu_arch=cpu_arch(), origin="live")

@@ -28,7 +28,7 @@ from typing import Any, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tei_manager.core.models import Profile, reference_problems
+from tei_manager.core.models import Profile, dotted, reference_problems
 from tei_manager.errors import ProfileError, ProfileIssue
 
 Loc = tuple[Union[str, int], ...]
@@ -55,14 +55,6 @@ class ProfileSource:
 
     def issue(self, loc: Loc, message: str, hint: str | None = None) -> ProfileIssue:
         return ProfileIssue(dotted(loc), message, file=self.file, line=self.line(loc), hint=hint)
-
-
-def dotted(loc: Loc) -> str:
-    """('deployments', 1, 'tuning') -> 'deployments[1].tuning'."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 # --- public entry points -------------------------------------------------------------------------------
@@ -133,9 +125,11 @@ def resolve_secrets(profile: Profile, *, source: ProfileSource | None = None,
     keys: dict[str, list[str]] = {}
     owner: dict[str, str] = {}
 
-    def problem(loc: Loc, message: str, hint: str) -> None:
-        issues.append(source.issue(loc, message, hint) if source
-                      else ProfileIssue(dotted(loc), message, file=file, hint=hint))
+    def problem(loc: Loc, message: str, hint: str, *, unset: bool = True) -> None:
+        issue = source.issue(loc, message, hint) if source else ProfileIssue(dotted(loc), message, file=file, hint=hint)
+        # A secret that is not there *yet* (fresh clone, CI) is not the same as a wrong one.
+        issue.unset_secret = unset
+        issues.append(issue)
 
     for tenant_name, tenant in profile.tenants.items():
         keys[tenant_name] = []
@@ -165,7 +159,7 @@ def resolve_secrets(profile: Profile, *, source: ProfileSource | None = None,
                     continue
             if value in owner and owner[value] != tenant_name:
                 problem(loc, f"tenant {tenant_name!r} ({ref.describe()}) has the same key as tenant "
-                        f"{owner[value]!r}", "give every tenant its own key")
+                        f"{owner[value]!r}", "give every tenant its own key", unset=False)
                 continue
             owner[value] = tenant_name
             keys[tenant_name].append(value)
@@ -286,10 +280,8 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Loc, list[str]]:
     tags: list[str] = []
     current = data
     for part in loc:
-        if isinstance(current, dict) and part in current:
-            kept.append(part)
-            current = current[part]
-        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+        in_list = isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        if (isinstance(current, dict) and part in current) or in_list:
             kept.append(part)
             current = current[part]
         elif _is_type_tag(part) or isinstance(part, int):
@@ -356,11 +348,11 @@ def _validation_issues(exc: ValidationError, data: Any, source: ProfileSource) -
     cleaned = []
     for err in exc.errors(include_url=False):
         loc, tags = _clean_loc(tuple(err["loc"]), data)
-        cleaned.append((loc, tags, dict(err)))
+        cleaned.append((loc, tags, {**err}))
     cleaned = _prune_union_branches(cleaned, data)
     grouped: dict[Loc, list[tuple[list[str], dict[str, Any]]]] = {}
-    for loc, tags, err in cleaned:
-        grouped.setdefault(loc, []).append((tags, err))
+    for loc, tags, detail in cleaned:
+        grouped.setdefault(loc, []).append((tags, detail))
     issues = [_one_issue(loc, errors, data, source) for loc, errors in grouped.items()]
     issues.sort(key=lambda i: (i.line or 0, i.path))
     return issues
@@ -417,7 +409,8 @@ def _one_issue(loc: Loc, errors: list[tuple[list[str], dict[str, Any]]], data: A
             inner = branch[0]
             return source.issue(loc, _message(inner), _PLACEMENT_HELP)
         hint = _suggest(value, ["cpu", "shared"]) if isinstance(value, str) else None
-        gpu_like = re.fullmatch(r"\s*gpu\s*[:=_-]?\s*(\d+)\s*", value, re.IGNORECASE) if isinstance(value, str) else None
+        gpu_like = (re.fullmatch(r"\s*gpu\s*[:=_-]?\s*(\d+)\s*", value, re.IGNORECASE)
+                    if isinstance(value, str) else None)
         if gpu_like:
             hint = f"write {{gpu: {gpu_like.group(1)}}}"
         return source.issue(loc, f"{value!r} is not a placement", hint or _PLACEMENT_HELP)

@@ -1,5 +1,11 @@
 """The contract between the orchestrator and an engine that runs instances.
 
+A small core every backend implements (`Backend`: list, prepare, create, start, stop, remove,
+refresh, logs), and optional abilities as separate protocols that the orchestrator and `status`
+test for (`SlotRenaming`: keep the old version aside during a replace; `HostPids`: match NVML's
+per-process GPU memory).  What a backend can host is declared in its registry entry
+(tei_manager.backends.registry), not here.
+
 A backend knows how to create, start, stop and remove one instance from an `InstancePlan`,
 and how to read back what it runs.  **The engine is the state**: everything `list()` returns
 comes from the engine itself (container labels, or the process backend's state files), never
@@ -13,9 +19,13 @@ foreign exceptions (docker SDK, OSError) are mapped at this boundary.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
+from tei_manager.core.capabilities import Capabilities
 from tei_manager.core.diff import ObservedInstance
+from tei_manager.core.facts import HostFacts
 from tei_manager.core.plan import InstancePlan
 
 # Progress of a long preparation step (image pull): (message, done, total) with sizes in bytes
@@ -26,8 +36,14 @@ ProgressFn = Callable[[str, int | None, int | None], None]
 class Backend(abc.ABC):
     """One engine: Docker, or local processes.  Instances are identified by `ObservedInstance`."""
 
-    #: "docker" or "process": shown by `status` and stored nowhere else.
+    #: The registry name: shown by `status` and stored nowhere else.
     name: str
+    #: Said by `down` after removing instances (what it deliberately kept), if anything.
+    down_note: str | None = None
+
+    def prepare_detail(self, instance: InstancePlan) -> str:
+        """What `prepare` is about to fetch, for progress output ("" when nothing)."""
+        return ""
 
     @abc.abstractmethod
     def list(self, profile: str | None = None) -> list[ObservedInstance]:
@@ -59,10 +75,6 @@ class Backend(abc.ABC):
         """Stop if needed and delete the instance.  Never deletes the shared HF cache."""
 
     @abc.abstractmethod
-    def rename(self, obs: ObservedInstance, slot: str) -> ObservedInstance:
-        """Move an instance to another slot ("" = live, "old", "next") without restarting it."""
-
-    @abc.abstractmethod
     def refresh(self, obs: ObservedInstance) -> ObservedInstance | None:
         """Re-read one instance; None when it no longer exists."""
 
@@ -70,10 +82,6 @@ class Backend(abc.ABC):
     def logs(self, obs: ObservedInstance, *, tail: int = 100, follow: bool = False) -> Iterator[str]:
         """Log lines (stdout and stderr together), the last `tail` of them, then new ones while
         `follow` is set (until the instance stops or the caller stops iterating)."""
-
-    @abc.abstractmethod
-    def pids(self, obs: ObservedInstance) -> set[int]:
-        """Host pids of the instance's processes (to match NVML's per-process GPU memory)."""
 
     def restart(self, obs: ObservedInstance, *, timeout_s: float = 10.0) -> ObservedInstance:
         """Stop then start: what the supervisor does to an unhealthy instance."""
@@ -93,7 +101,7 @@ class Backend(abc.ABC):
             parts.append(current.error)
         try:
             tail = [line for line in self.logs(current, tail=lines) if line.strip()]
-        except Exception:  # the cause is best effort: never mask the original failure
+        except Exception:  # noqa: BLE001 - the cause is best effort: never mask the original failure
             tail = []
         if tail:
             parts.append("last log lines:\n    " + "\n    ".join(tail[-lines:]))
@@ -101,3 +109,56 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - an optional hook: only some backends hold connections
         """Release engine connections."""
+
+
+@runtime_checkable
+class SlotRenaming(Protocol):
+    """Optional: two versions of one instance can live side by side (make before break)."""
+
+    def rename(self, obs: ObservedInstance, slot: str) -> ObservedInstance:
+        """Move an instance to another slot ("" = live, "old", "next") without restarting it."""
+
+
+@runtime_checkable
+class HostPids(Protocol):
+    """Optional: the instance's processes are visible on this host."""
+
+    def pids(self, obs: ObservedInstance) -> set[int]:
+        """Host pids of the instance's processes (to match NVML's per-process GPU memory)."""
+
+
+@runtime_checkable
+class PortAllocating(Protocol):
+    """Optional: the engine, not the planner, decides where an instance is reachable."""
+
+    def address(self, obs: ObservedInstance) -> tuple[str, int] | None:
+        """Host and port the gateway reaches the instance on, once the engine has assigned them."""
+
+
+#: Backend option values by `BackendOption.name`; absent or None when not given.
+Options = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class BackendOption:
+    """One CLI option a backend adds to every command that takes `--backend`."""
+
+    name: str  # the parameter name, e.g. docker_url
+    flag: str  # e.g. --docker-url
+    help: str
+    envvar: str | None = None
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """What the registry knows about one backend without opening its engine."""
+
+    name: str
+    help: str
+    #: What it can host on a host described by the facts (images or executables, GPUs, ...).
+    capabilities: Callable[[HostFacts], Capabilities]
+    #: The backend itself; raises HostError when its engine does not answer.
+    open: Callable[[Options], Backend]
+    options: tuple[BackendOption, ...] = ()
+    #: Option whose value the host probe needs (the engine's address), if any.
+    probe_option: str | None = None

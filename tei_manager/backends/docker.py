@@ -13,6 +13,7 @@ the host's shared memory).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -20,10 +21,16 @@ from datetime import datetime
 from typing import Any
 
 from tei_manager.backends import labels as L
-from tei_manager.backends.base import Backend, ProgressFn
+from tei_manager.backends.base import Backend, BackendEntry, BackendOption, Options, ProgressFn
+from tei_manager.core.capabilities import Capabilities
 from tei_manager.core.diff import ObservedInstance, RunState
+from tei_manager.core.facts import HostFacts
 from tei_manager.core.plan import CONTAINER_HF_CACHE, CONTAINER_MODEL_DIR, CONTAINER_PORT, InstancePlan
 from tei_manager.errors import BackendError, HostError
+from tei_manager.runtimes.registry import get_runtime
+
+#: This backend's registry name (the only place it is spelled).
+NAME = "docker"
 
 # Docker's 64 MiB default is small for tokenizer worker pools; 1 GiB is plenty without host IPC.
 DEFAULT_SHM_BYTES = 1024**3
@@ -46,8 +53,8 @@ def container_spec(instance: InstancePlan, *, slot: str = "") -> dict[str, Any]:
     worker image); the command is the runtime's argument list, exactly what
     `text-embeddings-router` takes.
     """
-    environment = {**instance.env, "HUGGINGFACE_HUB_CACHE": CONTAINER_HF_CACHE}
-    volumes: dict[str, dict[str, str]] = {instance.hf_cache: {"bind": CONTAINER_HF_CACHE, "mode": "rw"}}
+    environment = {**instance.env, **get_runtime(instance.runtime).render_env(instance, in_container=True)}
+    volumes: dict[str, dict[str, str]] = {instance.hf_cache.name: {"bind": CONTAINER_HF_CACHE, "mode": "rw"}}
     if instance.model.local_path is not None:
         volumes[instance.model.local_path] = {
             "bind": f"{CONTAINER_MODEL_DIR}/{instance.model.mount_name}",
@@ -86,6 +93,24 @@ def container_spec(instance: InstancePlan, *, slot: str = "") -> dict[str, Any]:
     return spec
 
 
+@contextlib.contextmanager
+def engine_errors(what: str, *, where: str, fix: str | None = None) -> Iterator[None]:
+    """The one map from the Docker SDK's failures to ours, around engine calls that have no more
+    specific handling: DockerException (API errors, NotFound), requests' connection errors and
+    OSError (socket) become a BackendError naming the instance and what was being done."""
+    import docker.errors
+    import requests.exceptions
+
+    try:
+        yield
+    except BackendError:
+        raise
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        detail = getattr(exc, "explanation", None) or exc
+        raise BackendError(f"{what}: {detail}", where=where,
+                           fix=fix or "check that the Docker Engine is running (docker info)") from exc
+
+
 def _parse_time(value: str | None) -> datetime | None:
     if not value or value.startswith("0001-"):
         return None
@@ -104,7 +129,11 @@ def _state(status: str) -> RunState:
 class DockerBackend(Backend):
     """Runs instances as containers on one Docker Engine (local socket or `docker_url`)."""
 
-    name = "docker"
+    name = NAME
+    down_note = "the shared Hugging Face cache volume is kept (docker volume rm it to free the space)"
+
+    def prepare_detail(self, instance: InstancePlan) -> str:
+        return instance.image
 
     def __init__(self, docker_url: str | None = None, *, client: Any = None) -> None:
         import docker.errors
@@ -116,13 +145,13 @@ class DockerBackend(Backend):
         # Host paths (model dirs, a bind-mounted cache) can only be checked when the engine is here.
         self._engine_is_local = not self.url.startswith(("tcp://", "ssh://", "http://", "https://"))
         try:
-            self.client = client or (docker.DockerClient(base_url=docker_url)  # type: ignore[attr-defined]
-                                     if docker_url else docker.from_env())  # type: ignore[attr-defined]
+            self.client = client or (docker.DockerClient(base_url=docker_url)
+                                     if docker_url else docker.from_env())
             self.client.ping()
         except Exception as exc:  # the SDK raises DockerException, requests errors or OSError
             raise HostError(
                 f"the Docker Engine at {self.url} does not answer: {exc}",
-                where="docker",
+                where=NAME,
                 fix="start Docker (systemctl start docker), check --docker-url/DOCKER_HOST, "
                 "or use --backend process for fallback-runtime profiles",
             ) from exc
@@ -158,11 +187,12 @@ class DockerBackend(Backend):
         )
 
     def list(self, profile: str | None = None) -> list[ObservedInstance]:
-        filters = {"label": [f"{L.MANAGED}=true"] + ([f"{L.PROFILE}={profile}"] if profile else [])}
+        filters: dict[str, str | list[str] | bool] = {
+            "label": [f"{L.MANAGED}=true"] + ([f"{L.PROFILE}={profile}"] if profile else [])}
         try:
             containers = self.client.containers.list(all=True, filters=filters, ignore_removed=True)
         except self._errors.DockerException as exc:
-            raise BackendError(f"cannot list containers: {exc}", where="docker",
+            raise BackendError(f"cannot list containers: {exc}", where=NAME,
                                fix="check that the Docker Engine is running") from exc
         found = [self._observe(c) for c in containers]
         return sorted((o for o in found if o is not None), key=lambda o: (o.profile, o.name, o.slot))
@@ -222,12 +252,14 @@ class DockerBackend(Backend):
 
     def _ensure_cache_volume(self, instance: InstancePlan) -> None:
         """A named HF cache is created once, labelled so `down` knows to keep it."""
-        if os.path.isabs(instance.hf_cache):
+        volume = instance.hf_cache.volume
+        if volume is None:
             return
-        try:
-            self.client.volumes.get(instance.hf_cache)
-        except self._errors.NotFound:
-            self.client.volumes.create(instance.hf_cache, labels={L.HF_CACHE: "true"})
+        with engine_errors(f"cannot create the model cache volume {volume}", where=instance.name):
+            try:
+                self.client.volumes.get(volume)
+            except self._errors.NotFound:
+                self.client.volumes.create(volume, labels={L.HF_CACHE: "true"})
 
     # ----------------------------------------------------------------------------- lifecycle
     def create(self, instance: InstancePlan, *, slot: str = "") -> ObservedInstance:
@@ -271,7 +303,8 @@ class DockerBackend(Backend):
         return self._observe(self._reload(container)) or obs
 
     def _reload(self, container: Any) -> Any:
-        container.reload()
+        with engine_errors("cannot read the container's state", where=container.name):
+            container.reload()
         return container
 
     def stop(self, obs: ObservedInstance, *, timeout_s: float = STOP_TIMEOUT_S) -> ObservedInstance:
@@ -309,13 +342,14 @@ class DockerBackend(Backend):
 
     def logs(self, obs: ObservedInstance, *, tail: int = 100, follow: bool = False) -> Iterator[str]:
         container = self._container(obs)
-        stream = container.logs(stream=True, follow=follow, tail=tail if tail >= 0 else "all")
         buffer = b""
-        for chunk in stream:
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                yield line.decode(errors="replace").rstrip("\r")
+        with engine_errors("cannot read the container's logs", where=obs.name):
+            stream = container.logs(stream=True, follow=follow, tail=tail if tail >= 0 else "all")
+            for chunk in stream:
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    yield line.decode(errors="replace").rstrip("\r")
         if buffer:
             yield buffer.decode(errors="replace")
 
@@ -332,3 +366,32 @@ class DockerBackend(Backend):
 
     def close(self) -> None:
         self.client.close()
+
+
+
+def capabilities(facts: HostFacts) -> Capabilities:
+    """Images on the engine `facts.docker` describes; GPUs only through its NVIDIA runtime."""
+    engine = facts.docker
+    return Capabilities(
+        backend=NAME,
+        artifact="image",
+        gpus=engine.nvidia_runtime,
+        summary="Docker reachable",
+        blocked=None if engine.reachable else f"Docker Engine not reachable ({engine.error or 'unknown reason'})",
+        no_gpu="Docker has no NVIDIA runtime, so a {runtime} container cannot use GPU {gpu}",
+    )
+
+
+def _open(options: Options) -> Backend:
+    return DockerBackend(options.get("docker_url"))
+
+
+ENTRY = BackendEntry(
+    name=NAME,
+    help="containers on a Docker Engine",
+    capabilities=capabilities,
+    open=_open,
+    options=(BackendOption("docker_url", "--docker-url", "Docker Engine address, e.g. unix:///var/run/docker.sock.",
+                           envvar="DOCKER_HOST"),),
+    probe_option="docker_url",
+)

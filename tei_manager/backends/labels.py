@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from tei_manager.core.plan import InstancePlan
 
@@ -42,11 +43,11 @@ def slot_name(profile: str, instance: str, slot: str) -> str:
     return base_name(profile, instance) + (f".{slot}" if slot else "")
 
 
-def redacted_plan(inst: InstancePlan) -> dict:
+def redacted_plan(inst: InstancePlan) -> dict[str, Any]:
     """The plan as JSON with credential values blanked (env vars and `--api-key`-style flags)."""
     data = inst.model_dump(mode="json")
     data["env"] = {k: (REDACTED if _SECRET_NAME.search(k) else v) for k, v in data["env"].items()}
-    args = list(data["args"])
+    args = list(data["settings"]["extra_args"])
     for i, arg in enumerate(args):
         flag, eq, _ = arg.partition("=")
         if flag in _SECRET_FLAGS:
@@ -54,7 +55,7 @@ def redacted_plan(inst: InstancePlan) -> dict:
                 args[i] = f"{flag}={REDACTED}"
             elif i + 1 < len(args):
                 args[i + 1] = REDACTED
-    data["args"] = args
+    data["settings"]["extra_args"] = args
     return data
 
 

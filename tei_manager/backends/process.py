@@ -22,26 +22,48 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from tei_manager.backends import labels as L
-from tei_manager.backends.base import Backend, ProgressFn
+from tei_manager.backends.base import Backend, BackendEntry, Options, ProgressFn
+from tei_manager.core.capabilities import Capabilities
 from tei_manager.core.diff import ObservedInstance
+from tei_manager.core.facts import HostFacts
 from tei_manager.core.plan import InstancePlan
 from tei_manager.errors import BackendError
+from tei_manager.runtimes.registry import get_runtime
 from tei_manager.state import state_dir, state_root
+
+#: This backend's registry name (the only place it is spelled).
+NAME = "process"
 
 WORKER_SCRIPT = "tei-fallback-worker"
 _WORKER_MARKERS = ("tei-fallback-worker", "fallback_worker")
 # Children started by this Python process: kept so their exit codes can be read and zombies reaped.
-_CHILDREN: dict[int, subprocess.Popen] = {}
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def worker_command() -> list[str]:
-    """How to start the worker: the console script, else `python -m fallback_worker`."""
+#: What a child may take from the operator's environment: enough to start a program and to
+#: import the Python installation it belongs to.  Everything else is the plan's `env` or what
+#: the runtime renders; secrets in the operator's shell never leak into instances.
+_INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
+
+
+def worker_command(executable: str = WORKER_SCRIPT, module: str | None = "fallback_worker") -> list[str]:
+    """How to start a runtime's executable: the console script, else `python -m <module>`."""
     # Prefer the script installed beside this interpreter: same environment, no shim in between.
-    beside = Path(sys.executable).parent / WORKER_SCRIPT
-    script = str(beside) if beside.is_file() else shutil.which(WORKER_SCRIPT)
-    return [script] if script else [sys.executable, "-m", "fallback_worker"]
+    beside = Path(sys.executable).parent / executable
+    script = str(beside) if beside.is_file() else shutil.which(executable)
+    if script:
+        return [script]
+    return [sys.executable, "-m", module] if module else [executable]
+
+
+def _runtime_command(runtime_name: str) -> list[str]:
+    runtime = get_runtime(runtime_name)
+    assert runtime.executable is not None, "prepare() refuses image-only runtimes"
+    # A runtime written in Python may name its module, for installs without console scripts.
+    return worker_command(runtime.executable, getattr(runtime, "python_module", None))
 
 
 def _proc_start_time(pid: int) -> str | None:
@@ -77,7 +99,7 @@ def _reap(pid: int) -> int | None:
 class ProcessBackend(Backend):
     """Local `tei-fallback-worker` processes, recorded under the state directory."""
 
-    name = "process"
+    name = NAME
 
     def __init__(self, root: Path | None = None) -> None:
         self._root = root
@@ -92,10 +114,11 @@ class ProcessBackend(Backend):
         return path
 
     def _record_path(self, profile: str, instance: str, slot: str) -> Path:
-        return self._dir(profile, create=True) / "instances" / (f"{instance}.{slot}.json" if slot else f"{instance}.json")
+        filename = f"{instance}.{slot}.json" if slot else f"{instance}.json"
+        return self._dir(profile, create=True) / "instances" / filename
 
     @staticmethod
-    def _write(path: Path, record: dict) -> None:
+    def _write(path: Path, record: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -104,13 +127,14 @@ class ProcessBackend(Backend):
         tmp.replace(path)
 
     @staticmethod
-    def _read(path: Path) -> dict | None:
+    def _read(path: Path) -> dict[str, Any] | None:
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+        return data if isinstance(data, dict) else None
 
-    def _alive(self, record: dict) -> bool:
+    def _alive(self, record: dict[str, Any]) -> bool:
         pid = record.get("pid")
         if not pid or record.get("stopped"):
             return False
@@ -119,10 +143,18 @@ class ProcessBackend(Backend):
         start = _proc_start_time(pid)
         if start is None or start != record.get("proc_start"):
             return False  # gone, or the pid now belongs to another process
-        return any(m in arg for arg in _cmdline(pid)[:3] for m in _WORKER_MARKERS)
+        markers = (*_WORKER_MARKERS, *([record["executable"]] if record.get("executable") else []))
+        return any(m in arg for arg in _cmdline(pid)[:3] for m in markers)
 
-    def _observe(self, path: Path, record: dict) -> ObservedInstance:
-        plan = InstancePlan.model_validate(record["plan"])
+    def _observe(self, path: Path, record: dict[str, Any]) -> ObservedInstance:
+        raw = record["plan"]
+        plan: InstancePlan | None
+        try:
+            plan = InstancePlan.model_validate(raw)
+        except ValueError:
+            # A record written by an older version: still listed (so apply replaces it and down
+            # removes it), from the few fields every version wrote.
+            plan = None
         alive = self._alive(record)
         if alive:
             state = "running"
@@ -135,23 +167,23 @@ class ProcessBackend(Backend):
             exit_code = _reap(record["pid"])
         started = record.get("started_at")
         return ObservedInstance(
-            name=plan.name,
-            profile=plan.profile,
+            name=str(raw["name"]),
+            profile=str(raw["profile"]),
             backend=self.name,
             handle=str(path),
             state=state,  # type: ignore[arg-type]
             spec_hash=record.get("spec_hash"),
             plan=plan,
             slot=record.get("slot", ""),
-            bind=plan.bind,
-            port=plan.host_port,
+            bind=raw.get("bind"),
+            port=raw.get("host_port"),
             started_at=datetime.fromisoformat(started) if started else None,
             exit_code=exit_code,
             engine_restarts=0,
             pid=record.get("pid") if alive else None,
         )
 
-    def _load(self, obs: ObservedInstance) -> tuple[Path, dict]:
+    def _load(self, obs: ObservedInstance) -> tuple[Path, dict[str, Any]]:
         path = Path(obs.handle)
         record = self._read(path)
         if record is None:
@@ -171,8 +203,8 @@ class ProcessBackend(Backend):
                     continue
                 try:
                     found.append(self._observe(path, record))
-                except ValueError:
-                    continue  # a record from an incompatible version: ignored, not fatal
+                except (ValueError, KeyError, TypeError):
+                    continue  # not a record any version wrote: ignored, not fatal
         return found
 
     def refresh(self, obs: ObservedInstance) -> ObservedInstance | None:
@@ -182,20 +214,23 @@ class ProcessBackend(Backend):
 
     # ----------------------------------------------------------------------------- lifecycle
     def prepare(self, instance: InstancePlan, on_progress: ProgressFn | None = None) -> None:
-        if instance.runtime != "fallback":
+        if get_runtime(instance.runtime).executable is None:
             raise BackendError(
                 f"the {instance.runtime} runtime runs only in containers",
                 where=instance.name,
                 fix="use --backend docker (a Docker Engine is needed), or set `runtime: fallback` "
                 "on the deployment to run the fallback worker as a local process",
             )
-        command = worker_command()
-        if len(command) > 1:  # no console script: check the module can be found
+        command = _runtime_command(instance.runtime)
+        if command[0] == sys.executable:  # no console script: check the module can be found
             import importlib.util
 
-            if importlib.util.find_spec("fallback_worker") is None:
-                raise BackendError("the fallback worker is not installed", where=instance.name,
+            if importlib.util.find_spec(command[2]) is None:
+                raise BackendError(f"the {instance.runtime} runtime is not installed", where=instance.name,
                                    fix="pip install 'tei-manager[worker]'")
+        elif not Path(command[0]).is_file() and shutil.which(command[0]) is None:
+            raise BackendError(f"{command[0]} is not installed", where=instance.name,
+                               fix=f"install the {instance.runtime} runtime's executable on PATH")
         if instance.model.local_path is not None and not Path(instance.model.local_path).is_dir():
             raise BackendError(f"model directory {instance.model.local_path} does not exist",
                                where=instance.name, fix="fix the model's `path` in the profile")
@@ -221,24 +256,25 @@ class ProcessBackend(Backend):
             "exit_code": None,
             "started_at": None,
             "log": str(logs / f"{instance.name}-{time.time_ns()}.log"),
+            "executable": get_runtime(instance.runtime).executable,
         }
         self._write(path, record)
         return self._observe(path, record)
 
     def _environment(self, plan: InstancePlan) -> dict[str, str]:
-        env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"}
-        # An empty CUDA_VISIBLE_DEVICES hides every GPU: a CPU placement stays on the CPU.
-        env["CUDA_VISIBLE_DEVICES"] = "" if plan.gpu is None else str(plan.gpu)
-        if os.path.isabs(plan.hf_cache):
-            env["HUGGINGFACE_HUB_CACHE"] = plan.hf_cache
-        return env
+        inherited = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
+        return {**inherited, **plan.env, **get_runtime(plan.runtime).render_env(plan, in_container=False)}
 
     def start(self, obs: ObservedInstance) -> ObservedInstance:
         path, record = self._load(obs)
         if self._alive(record):
             return self._observe(path, record)
-        plan = InstancePlan.model_validate(record["plan"])
-        argv = worker_command() + plan.command(in_container=False)
+        try:
+            plan = InstancePlan.model_validate(record["plan"])
+        except ValueError as exc:
+            raise BackendError("the instance was recorded by an older version of tei-manager", where=obs.name,
+                               fix="run `tei-manager apply` to replace it") from exc
+        argv = _runtime_command(plan.runtime) + plan.command(in_container=False)
         log_path = Path(record["log"])
         with log_path.open("ab") as log:
             try:
@@ -348,3 +384,17 @@ class ProcessBackend(Backend):
             if int(fields[2]) == obs.pid:  # field 5: process group
                 found.add(int(stat.parent.name))
         return found
+
+
+
+def capabilities(facts: HostFacts) -> Capabilities:
+    """Local executables (the fallback worker), on the CPU or any GPU of this host."""
+    return Capabilities(backend=NAME, artifact="executable", gpus=True, summary="local processes")
+
+
+def _open(options: Options) -> Backend:
+    return ProcessBackend()
+
+
+ENTRY = BackendEntry(name=NAME, help="local processes (the fallback worker), no engine needed",
+                     capabilities=capabilities, open=_open)

@@ -49,6 +49,17 @@ for module in (plan_cmds, apply_cmds, serve_cmd, tui_cmd):
     module.register(app)
 
 
+def _usage_error(exc: Exception) -> int:
+    """Print a click usage error (from click or typer's vendored copy) as click would; its exit code."""
+    show = getattr(exc, "show", None)
+    if callable(show):
+        show()
+    else:
+        typer.echo(str(exc), err=True)
+    code = getattr(exc, "exit_code", 2)
+    return code if isinstance(code, int) else 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: user errors print without a traceback and set the exit code."""
     try:
@@ -63,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("Aborted.", err=True)
         return 1
     except _CLICK_ERRORS as exc:  # usage errors carry their own exit code and message
-        exc.show()
-        return exc.exit_code
+        return _usage_error(exc)
     return result if isinstance(result, int) else 0
 
 

@@ -1,7 +1,7 @@
 """`apply`, `down`, `status`, `logs` and `watch`: thin wrappers over tei_manager.orchestrator.
 
-Every command takes `--backend auto|docker|process` and `--docker-url`
-(see tei_manager.backends.select for what `auto` means).
+Every command takes `--backend` and each backend's own options (tei_manager.cli.options);
+the backend and the plan come from tei_manager.services, as for every other command.
 """
 
 from __future__ import annotations
@@ -10,41 +10,36 @@ import json
 
 import typer
 
-from tei_manager.backends.base import Backend
-from tei_manager.backends.select import backend_for_apply, backends_for_reading
 from tei_manager.cli import watch_cmd
-from tei_manager.cli.live import live_plan, profile_name
+from tei_manager.cli.options import backend_option, with_backend_options
 from tei_manager.cli.output import console, err_console
 from tei_manager.cli.render import ApplyRenderer, print_table, status_json, status_table
-from tei_manager.cli.watch_cmd import backend_choice
 from tei_manager.errors import BackendError, TeiManagerError
 from tei_manager.orchestrator import DEFAULT_TIMEOUT_S, InstanceStep, apply, down, status
+from tei_manager.services import Options, close_all, live_plan, open_readers, open_target, profile_name
 
-BACKEND_HELP = "auto (Docker when it answers, else local processes), docker or process."
-BackendOpt = typer.Option("auto", "--backend", help=BACKEND_HELP, callback=backend_choice)
-DockerUrlOpt = typer.Option(None, "--docker-url", envvar="DOCKER_HOST",
-                            help="Docker Engine address, e.g. unix:///var/run/docker.sock.")
+BackendOpt = backend_option()
 
 
-def _close(backends: list[Backend]) -> None:
-    for backend in backends:
-        backend.close()
+@with_backend_options
 
 
 def apply_cmd(
     profile: str = typer.Argument(..., help="Profile file, e.g. profiles/multi-tenant.yaml."),
     backend: str = BackendOpt,
-    docker_url: str | None = DockerUrlOpt,
     timeout: float = typer.Option(DEFAULT_TIMEOUT_S, "--timeout", min=1,
                                   help="Seconds each instance may take to become healthy (downloads included)."),
+    *,
+    backend_options: Options,
 ) -> None:
     """Converge on a profile: create, replace or keep instances, wait until healthy, roll back on failure."""
-    from tei_manager.profiles import load_profile
+    from tei_manager.services import load, probe
 
-    name = load_profile(profile).name
-    engine = backend_for_apply(backend_choice(backend), name, docker_url)
+    facts = probe(backend_options)
+    target = open_target(backend, load(profile).name, backend_options, facts)
+    engine = target.backend
     try:
-        plan = live_plan(profile, engine, docker_url)
+        plan = live_plan(profile, target, facts)
         for warning in plan.warnings:
             err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
         renderer = ApplyRenderer(console)
@@ -63,29 +58,31 @@ def apply_cmd(
         engine.close()
 
 
+@with_backend_options
 def down_cmd(
     profile: str = typer.Argument(..., help="Profile file or profile name."),
     backend: str = BackendOpt,
-    docker_url: str | None = DockerUrlOpt,
+    *,
+    backend_options: Options,
 ) -> None:
     """Stop and remove every instance the profile created (the shared model cache is kept)."""
     name = profile_name(profile)
-    engines = backends_for_reading(backend_choice(backend), docker_url)
+    engines = open_readers(backend, backend_options)
     try:
         removed: list[str] = []
-        containers = False
+        notes: list[str] = []
         for engine in engines:
             gone = down(name, engine, on_event=_print_step)
-            containers = containers or (engine.name == "docker" and bool(gone))
+            if gone and engine.down_note:
+                notes.append(engine.down_note)
             removed += gone
         if removed:
-            kept = "; the shared Hugging Face cache volume is kept (docker volume rm it to free the space)"
-            console.print(f"[green]removed[/] {len(removed)} instance(s) of {name}{kept if containers else ''}",
-                          soft_wrap=True)
+            kept = "".join(f"; {note}" for note in notes)
+            console.print(f"[green]removed[/] {len(removed)} instance(s) of {name}{kept}", soft_wrap=True)
         else:
             console.print(f"nothing to remove: no instance of profile {name!r} is running", soft_wrap=True)
     finally:
-        _close(engines)
+        close_all(engines)
 
 
 def _print_step(event: object) -> None:
@@ -94,19 +91,21 @@ def _print_step(event: object) -> None:
         console.print(f"  [red]{event.step}[/] {event.instance}{detail}", highlight=False)
 
 
+@with_backend_options
 def status_cmd(
     profile: str | None = typer.Argument(None, help="Profile file or name; all profiles when omitted."),
     backend: str = BackendOpt,
-    docker_url: str | None = DockerUrlOpt,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    *,
+    backend_options: Options,
 ) -> None:
     """Instances with health, uptime, restarts, address and GPU memory."""
     name = profile_name(profile) if profile else None
-    engines = backends_for_reading(backend_choice(backend), docker_url)
+    engines = open_readers(backend, backend_options)
     try:
         rows = status(engines, name)
     finally:
-        _close(engines)
+        close_all(engines)
     if as_json:
         typer.echo(json.dumps(status_json(rows), indent=2))
         return
@@ -117,17 +116,19 @@ def status_cmd(
     print_table(console, status_table(rows))
 
 
+@with_backend_options
 def logs_cmd(
     instance: str = typer.Argument(..., help="Instance name, e.g. finance-rerank."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
     tail: int = typer.Option(100, "--tail", "-n", help="Lines from the end to show first (-1: all)."),
     profile: str | None = typer.Option(None, "--profile", help="Profile file or name, when names repeat."),
     backend: str = BackendOpt,
-    docker_url: str | None = DockerUrlOpt,
+    *,
+    backend_options: Options,
 ) -> None:
     """Print an instance's logs (the runtime's stdout and stderr)."""
     name = profile_name(profile) if profile else None
-    engines = backends_for_reading(backend_choice(backend), docker_url)
+    engines = open_readers(backend, backend_options)
     try:
         matches = [(e, o) for e in engines for o in e.list(name) if o.name == instance and not o.slot]
         if not matches:
@@ -144,7 +145,7 @@ def logs_cmd(
         except KeyboardInterrupt:
             pass
     finally:
-        _close(engines)
+        close_all(engines)
 
 
 def register(app: typer.Typer) -> None:

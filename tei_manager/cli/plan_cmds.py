@@ -14,16 +14,13 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from tei_manager.cli.options import backend_option, with_backend_options
 from tei_manager.cli.output import console, err_console
 from tei_manager.core.catalog import UnknownModel, model_info
 from tei_manager.core.plan import InstancePlan, Plan
-from tei_manager.errors import PlanError, ProfileError, ProfileIssue, TeiManagerError
-
-#: What each runtime's executable is called (the fallback worker takes TEI's flags).
-EXECUTABLE = {"tei": "text-embeddings-router", "fallback": "tei-fallback-worker"}
-
-GPUS_HELP = ('Plan for another host: "index:name:memory:compute_capability,...", '
-             'e.g. "0:NVIDIA L20:46068MiB:8.9,1:NVIDIA L20:46068MiB:8.9".')
+from tei_manager.errors import ProfileError, ProfileIssue
+from tei_manager.runtimes.registry import get_runtime
+from tei_manager.services import GPUS_HELP, Options, plan_profile
 
 
 def register(app: typer.Typer) -> None:
@@ -37,48 +34,44 @@ def register(app: typer.Typer) -> None:
 # --- plan ---------------------------------------------------------------------------------------------
 
 
+@with_backend_options
 def plan_command(
     profile: Path = typer.Argument(..., help="Profile YAML file."),
+    backend: str = backend_option(),
     gpus: Optional[str] = typer.Option(None, "--gpus", help=GPUS_HELP),
     docker: Optional[bool] = typer.Option(
         None, "--docker/--no-docker",
         help="Plan as if a Docker Engine with GPU support is (or is not) there; default: probe it.",
     ),
+    cpu_arch: Optional[str] = typer.Option(
+        None, "--cpu-arch", help="Plan for a host of this CPU architecture (x86_64 or arm64); default: this one.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the Plan as JSON."),
+    *,
+    backend_options: Options,
 ) -> None:
     """Show what `apply` would run for PROFILE on this host (or the host --gpus describes). Changes nothing."""
-    result = make_plan(profile, gpus=gpus, docker=docker)
+    result = make_plan(profile, gpus=gpus, docker=docker, cpu_arch=cpu_arch, backend=backend,
+                       backend_options=backend_options)
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
         return
     print_plan(result)
 
 
-def make_plan(profile_path: Path | str, *, gpus: str | None = None, docker: bool | None = None) -> Plan:
-    """Load, probe (or describe) and plan: the service behind `plan` (and `apply`'s dry run)."""
-    from tei_manager.core.planner import plan
-    from tei_manager.probe import host_facts
-    from tei_manager.profiles import load_profile
-
-    loaded = load_profile(profile_path)
-    try:
-        facts = host_facts(gpus, docker=docker)
-    except ValueError as exc:
-        # A PlanError rather than a click usage error: same exit code 2, printed like every other error.
-        raise PlanError(str(exc), where="--gpus", fix=GPUS_HELP) from None
-    try:
-        return plan(loaded, facts, source=str(profile_path))
-    except TeiManagerError as exc:
-        if not facts.gpus and facts.nvml_error:
-            exc.what = (f"{exc.what}\n  (CPU-only host: NVML not available ({facts.nvml_error}); "
-                        "GPU placements cannot be planned here - pass --gpus to plan for another host)")
-        raise
+def make_plan(profile_path: Path | str, *, gpus: str | None = None, docker: bool | None = None,
+              cpu_arch: str | None = None, backend: str = "auto", backend_options: Options | None = None) -> Plan:
+    """The planning service behind `plan` (tei_manager.services.plan_profile)."""
+    return plan_profile(profile_path, backend=backend, options=backend_options, gpus=gpus, docker=docker,
+                        cpu_arch=cpu_arch)
 
 
 def command_line(inst: InstancePlan) -> str:
     """The runtime's command line as the backend would start it (in a container for TEI)."""
-    in_container = inst.runtime == "tei"
-    return shlex.join([EXECUTABLE[inst.runtime], *inst.command(in_container=in_container)])
+    runtime = get_runtime(inst.runtime)
+    # Shown as the image runs it, except for runtimes a process backend starts itself.
+    in_container = runtime.executable is None
+    return shlex.join([runtime.program, *inst.command(in_container=in_container)])
 
 
 def _mib(value: int | None) -> str:
@@ -158,11 +151,19 @@ def print_plan(result: Plan) -> None:
 def validate_command(
     files: list[Path] = typer.Argument(..., help="Profile YAML files."),
     skip_secrets: bool = typer.Option(False, "--skip-secrets", help="Do not read the tenants' API keys."),
+    strict: bool = typer.Option(False, "--strict",
+                                help="Treat unset API-key env vars and missing key files as errors."),
 ) -> None:
-    """Check profiles: schema, references, model paths, known models and (unless --skip-secrets) API keys."""
+    """Check profiles: schema, references, model paths, known models and (unless --skip-secrets) API keys.
+
+    An API key that is not set (env var unset or empty, key file missing) is a warning: a fresh
+    clone has none.  --strict makes it an error (for the host the gateway runs on)."""
     failed = 0
     for path in files:
-        problems = validate_file(path, secrets=not skip_secrets)
+        warnings: list[ProfileIssue] = []
+        problems = validate_file(path, secrets=not skip_secrets, strict=strict, warnings=warnings)
+        for issue in warnings:
+            err_console.print(f"[yellow]warning:[/] {issue.render()}", highlight=False, soft_wrap=True)
         if isinstance(problems, str):
             console.print(f"[green]OK[/]      {path}  {problems}", highlight=False, soft_wrap=True)
             continue
@@ -175,8 +176,11 @@ def validate_command(
                                                               " (--skip-secrets checks all but the API keys)"))
 
 
-def validate_file(path: Path, *, secrets: bool = True) -> str | ProfileError:
-    """A one-line summary when `path` is valid, else the ProfileError with every issue."""
+def validate_file(path: Path, *, secrets: bool = True, strict: bool = True,
+                  warnings: list[ProfileIssue] | None = None) -> str | ProfileError:
+    """A one-line summary when `path` is valid, else the ProfileError with every issue.
+
+    Unless `strict`, unset secrets go to `warnings` instead of failing the profile."""
     from tei_manager.profiles import load_profile_with_source, resolve_secrets
 
     try:
@@ -195,14 +199,20 @@ def validate_file(path: Path, *, secrets: bool = True) -> str | ProfileError:
         try:
             keys = sum(len(v) for v in resolve_secrets(profile, source=source).values())
         except ProfileError as exc:
-            issues += exc.issues
+            unset = [i for i in exc.issues if i.unset_secret and not strict]
+            issues += [i for i in exc.issues if i not in unset]
+            if warnings is not None:
+                warnings += unset
+            keys = -len(unset)  # counted below as "not set"
     if issues:
         return ProfileError(f"{len(issues)} problem{'s' if len(issues) > 1 else ''} in the profile",
                             where=str(path), issues=issues)
     parts = [_count(len(profile.models), "model"), _count(len(profile.tenants), "tenant"),
              _count(len(profile.deployments), "deployment")]
-    if secrets:
+    if secrets and keys >= 0:
         parts.append(_count(keys, "API key") + " read")
+    elif secrets:
+        parts.append(_count(-keys, "API key") + " not set")
     return f"({', '.join(parts)})"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from typing import Any
 
 from rich import box
 from rich.console import Console
@@ -151,7 +152,7 @@ def print_table(console: Console, table: Table) -> None:
         Console(file=console.file, width=200, no_color=console.no_color).print(table)
 
 
-def status_json(rows: Sequence[InstanceStatus]) -> list[dict]:
+def status_json(rows: Sequence[InstanceStatus]) -> list[dict[str, Any]]:
     now = datetime.now(timezone.utc)
     return [
         {

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from tei_manager.cli.options import backend_choice
 from tei_manager.errors import TeiManagerError
 
 
@@ -19,15 +20,14 @@ def tui(
         Path, typer.Option("--profiles-dir", help="Where the profiles to apply live.")
     ] = Path("profiles"),
     backend: Annotated[
-        str, typer.Option("--backend", help="auto, docker or process (as for apply/status).")
+        str, typer.Option("--backend", help="auto or a backend's name (as for apply/status).",
+                          callback=backend_choice)
     ] = "auto",
     gateway_url: Annotated[
         str, typer.Option("--gateway-url", help="The running gateway, for per-tenant traffic.")
     ] = "http://127.0.0.1:8080",
 ) -> None:
     """Live dashboard: GPUs, instances and tenants; apply profiles, restart and stop instances."""
-    if backend not in ("auto", "docker", "process"):
-        raise typer.BadParameter(f"{backend!r}: use auto, docker or process", param_hint="--backend")
     try:
         from tei_manager.tui.app import TeiManagerApp
     except ImportError as exc:
@@ -37,5 +37,5 @@ def tui(
                               fix="install the package's tui extra, or textual itself: pip install textual") from None
     from tei_manager.tui.services import TuiServices
 
-    services = TuiServices(profiles_dir=profiles_dir, backend=backend, gateway_url=gateway_url)  # type: ignore[arg-type]
+    services = TuiServices(profiles_dir=profiles_dir, backend=backend, gateway_url=gateway_url)
     TeiManagerApp(services).run()

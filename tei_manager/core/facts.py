@@ -54,6 +54,9 @@ class HostFacts(Frozen):
     docker: DockerFact = DockerFact(reachable=False, error="not probed")
     nvml_error: str | None = Field(None, description="Why no GPU could be listed (None when NVML answered).")
     cpu_count: int | None = None
+    cpu_arch: Literal["x86_64", "arm64"] = Field(
+        "x86_64", description="The host's CPU architecture: images are built per architecture."
+    )
     memory_bytes: int | None = None
     origin: Literal["live", "described"] = Field(
         "live", description="`described` when the facts were given (--gpus) rather than probed."
@@ -99,3 +102,13 @@ def parse_gpu_specs(text: str) -> tuple[GpuFact, ...]:
     if len(set(indices)) != len(indices):
         raise ValueError(f"GPU index listed twice in {text!r}")
     return tuple(gpus)
+
+
+def normalize_arch(machine: str) -> Literal["x86_64", "arm64"]:
+    """`platform.machine()` or `--cpu-arch` -> the two names image registries use here."""
+    lowered = machine.lower()
+    if lowered in {"aarch64", "arm64", "armv8", "armv8l"}:
+        return "arm64"
+    if lowered in {"x86_64", "amd64", "x64", ""}:
+        return "x86_64"
+    raise ValueError(f"unknown CPU architecture {machine!r}; use x86_64 or arm64")

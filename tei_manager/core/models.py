@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable
 from typing import Annotated, Literal, Union
 
 from pydantic import (
@@ -24,15 +25,18 @@ from pydantic import (
 )
 
 Task = Literal["embed", "rerank"]
-Runtime = Literal["tei", "fallback"]
-RuntimeChoice = Literal["auto", "tei", "fallback"]
+#: A runtime's name: a key of the runtime registry (tei_manager.runtimes), e.g. "tei" or "fallback".
+Runtime = str
+#: `auto` or a runtime's name.
+RuntimeChoice = str
 Priority = Literal["high", "normal", "low"]
 Dtype = Literal["float16", "float32", "bfloat16"]
 Pooling = Literal["cls", "mean", "splade", "last-token"]
 
 DEFAULT_BIND = "127.0.0.1"
 DEFAULT_TEI_IMAGE_REPO = "ghcr.io/huggingface/text-embeddings-inference"
-DEFAULT_TEI_VERSION = "1.9"
+#: An exact release: a moving tag such as `1.9` changed silently from 1.9.3 to 1.9.4.
+DEFAULT_TEI_VERSION = "1.9.4"
 DEFAULT_FALLBACK_IMAGE = "tei-manager/fallback-worker:dev"
 DEFAULT_HF_CACHE = "tei-manager-hf-cache"
 
@@ -82,7 +86,7 @@ class SecretRef(Strict):
         return data
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "SecretRef":
+    def _exactly_one(self) -> SecretRef:
         if (self.env is None) == (self.file is None):
             raise ValueError("give exactly one of `env` or `file`")
         return self
@@ -95,7 +99,8 @@ class Quota(Strict):
     """Per-tenant limits enforced by the gateway. None means unlimited."""
 
     requests_per_second: float | None = Field(None, gt=0, description="Sustained request rate.")
-    burst: int | None = Field(None, ge=1, description="Requests allowed above the rate in a burst; default 2x the rate.")
+    burst: int | None = Field(None, ge=1,
+                              description="Requests allowed above the rate in a burst; default 2x the rate.")
     tokens_per_minute: int | None = Field(None, gt=0, description="Tokens counted by the tokenizer, per minute.")
     max_concurrent: int | None = Field(None, ge=1, description="Requests of this tenant in flight at once.")
     max_wait_ms: int = Field(2000, ge=0, description="Longest a request waits for a slot before 429.")
@@ -163,7 +168,7 @@ class Limits(Strict):
     shm_size: ByteSize | None = Field(None, description="Size of /dev/shm.")
 
     @model_validator(mode="after")
-    def _swap_covers_memory(self) -> "Limits":
+    def _swap_covers_memory(self) -> Limits:
         if self.memory_swap is not None and self.memory is not None and self.memory_swap < self.memory:
             raise ValueError("memory_swap must be at least memory (it counts memory + swap)")
         return self
@@ -204,7 +209,9 @@ class Deployment(Strict):
     shared: bool = Field(False, description="Reachable through the gateway by every tenant, not only the owner.")
     placement: Placement = Field("shared", description="cpu, shared, {gpu: 0} or {gpu: [0, 1]}.")
     replicas: int = Field(1, ge=1, description="Instances of this deployment; the gateway balances over them.")
-    runtime: RuntimeChoice = Field("auto", description="tei, fallback, or auto (tei where it can run).")
+    runtime: RuntimeChoice = Field(
+        "auto", description="auto (the first runtime that can run it: tei, then fallback) or a runtime's name."
+    )
     rerank_mode: Literal["cross-encoder", "bi-encoder"] | None = Field(
         None, description="bi-encoder serves /rerank from an embedding model (fallback runtime only)."
     )
@@ -219,6 +226,17 @@ class Deployment(Strict):
     def _dns_safe(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,46}[a-z0-9])?", value):
             raise ValueError("use lowercase letters, digits and dashes (a container name), at most 48 characters")
+        return value
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        # The registry is pure (no I/O); imported here because runtimes import this module.
+        from tei_manager.runtimes.registry import runtime_names
+
+        names = runtime_names()
+        if value != "auto" and value not in names:
+            raise ValueError(f"unknown runtime {value!r}; use auto or one of {', '.join(names)}")
         return value
 
     @field_validator("port")
@@ -237,13 +255,18 @@ class TeiImage(Strict):
     """Which TEI image family and version to run; the planner adds the per-architecture prefix."""
 
     repository: str = Field(DEFAULT_TEI_IMAGE_REPO, description="Image repository (a mirror of TEI's, for example).")
-    version: str = Field(DEFAULT_TEI_VERSION, description="Pinned tag version, e.g. 1.9 (never `latest`).")
+    version: str = Field(DEFAULT_TEI_VERSION, description="Pinned tag version, e.g. 1.9.4 (never `latest`).")
+    variant: Literal["per-arch", "cuda"] = Field(
+        "per-arch",
+        description="per-arch: the image built for each GPU's compute capability; cuda: TEI's multi-arch "
+        "`cuda-<version>` image, whose entrypoint picks the binary for the GPU (x86_64 only).",
+    )
 
     @field_validator("version")
     @classmethod
     def _pinned(cls, value: str) -> str:
         if value in {"latest", ""}:
-            raise ValueError("pin a version such as 1.9; `latest` changes under you")
+            raise ValueError("pin a version such as 1.9.4; `latest` changes under you")
         return value
 
 
@@ -307,29 +330,30 @@ class Profile(Strict):
         return value
 
     @model_validator(mode="after")
-    def _references(self, info: ValidationInfo) -> "Profile":
+    def _references(self, info: ValidationInfo) -> Profile:
         # The file loader (tei_manager.profiles) runs the same checks itself to attach line numbers,
         # and passes context={"skip_references": True}; profiles built in code are checked here.
         if info.context and info.context.get("skip_references"):
             return self
         problems = reference_problems(self)
         if problems:
-            raise ValueError("; ".join(f"{_dotted(loc)}: {msg}" for loc, msg, _ in problems))
+            raise ValueError("; ".join(f"{dotted(loc)}: {msg}" for loc, msg, _ in problems))
         return self
 
 
 Loc = tuple[Union[str, int], ...]
 
 
-def _dotted(loc: Loc) -> str:
+def dotted(loc: Loc) -> str:
+    """('deployments', 1, 'tuning') -> 'deployments[1].tuning': every error location is written so."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
-def _suggest(word: str, choices: object) -> str | None:
-    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)  # type: ignore[union-attr]
+def _suggest(word: str, choices: Iterable[object]) -> str | None:
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
     return f"did you mean `{close[0]}`?" if close else None
 
 
@@ -343,8 +367,9 @@ def reference_problems(profile: Profile) -> list[tuple[Loc, str, str | None]]:
     problems: list[tuple[Loc, str, str | None]] = []
     for i, dep in enumerate(profile.deployments):
         if dep.model not in profile.models:
-            problems.append(((("deployments", i, "model")), f"unknown model {dep.model!r}; the profile defines "
-                             f"{', '.join(sorted(profile.models)) or 'no models'}", _suggest(dep.model, profile.models)))
+            defined = ", ".join(sorted(profile.models)) or "no models"
+            problems.append((("deployments", i, "model"), f"unknown model {dep.model!r}; the profile defines "
+                             f"{defined}", _suggest(dep.model, profile.models)))
         if profile.tenants and dep.tenant not in profile.tenants:
             problems.append((("deployments", i, "tenant"), f"unknown tenant {dep.tenant!r}; the profile defines "
                              f"{', '.join(sorted(profile.tenants))}", _suggest(dep.tenant, profile.tenants)))

@@ -1,8 +1,9 @@
 """What the planner produces: a backend-neutral description of every instance.
 
-A Plan says *what* runs (image, runtime arguments, environment, resources, ports,
-probes); backends (Docker, local processes, later Kubernetes/Compose exporters)
-decide *how*.  Nothing here is Docker-shaped.  Pure core.
+A Plan says *what* runs (image, typed runtime settings, environment, resources, ports,
+probes); backends (containers, local processes, later Kubernetes/Compose exporters)
+decide *how*.  Runtime flags are not stored: the runtime (tei_manager.runtimes) renders
+`settings` into its own arguments at the edge.  Pure core.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tei_manager.core.models import Runtime, Task
+from tei_manager.core.models import GatewaySettings, Runtime, Task, Tenant
 
 # Inside a container every runtime listens on this port (seed 004 maps host ports onto 8080).
 CONTAINER_PORT = 8080
@@ -40,7 +41,8 @@ class VramEstimate(Frozen):
 
 
 class ModelSource(Frozen):
-    """Where the runtime loads the model from."""
+    """Where the runtime loads the model from: the hub (id + revision) or a local directory.
+    Downloads from the hub land in the instance's `hf_cache`."""
 
     hub_id: str
     revision: str | None = None
@@ -54,6 +56,40 @@ class ModelSource(Frozen):
         if in_container:
             return f"{CONTAINER_MODEL_DIR}/{self.mount_name}"
         return self.local_path
+
+
+class RuntimeSettings(Frozen):
+    """What the runtime is told to do, as typed values (TEI's flags; the fallback worker takes the same)."""
+
+    served_model_name: str
+    max_batch_tokens: int
+    max_concurrent_requests: int
+    max_client_batch_size: int
+    revision: str | None = None
+    dtype: str | None = Field(None, description="Set only when the profile overrides the runtime's default.")
+    pooling: str | None = None
+    max_batch_requests: int | None = None
+    tokenization_workers: int | None = None
+    auto_truncate: bool = True
+    rerank_mode: str | None = Field(None, description="`bi-encoder`: /rerank from an embedding model.")
+    extra_args: tuple[str, ...] = Field((), description="Passed verbatim after the generated flags.")
+
+
+class ModelCache(Frozen):
+    """Where downloaded models are kept, shared by every instance: a named volume the engine
+    manages, or a directory on the host.  Exactly one is set."""
+
+    volume: str | None = None
+    host_path: str | None = None
+
+    @classmethod
+    def from_profile(cls, value: str) -> ModelCache:
+        """The profile's `hf_cache`: an absolute path is a host directory, anything else a volume name."""
+        return cls(host_path=value) if value.startswith("/") else cls(volume=value)
+
+    @property
+    def name(self) -> str:
+        return self.host_path or self.volume or ""
 
 
 class InstancePlan(Frozen):
@@ -73,23 +109,30 @@ class InstancePlan(Frozen):
     runtime_reason: str = Field("", description="Why this runtime was chosen (shown by `plan`).")
     image: str = Field(description="TEI image for the GPU architecture, or the fallback worker image.")
     gpu: int | None = Field(None, description="GPU index; None means CPU.")
+    gpu_uuid: str | None = Field(None, description="The GPU's UUID when the host reported it (stable across reboots).")
     bind: str
     host_port: int
-    args: tuple[str, ...] = Field(
-        description="Runtime flags after --model-id/--port/--hostname (the same for TEI and the fallback worker)."
-    )
-    env: dict[str, str] = Field(default_factory=dict)
+    settings: RuntimeSettings
+    tasks: tuple[Task, ...] = Field((), description="Every task the instance answers (the gateway's routes).")
+    env: dict[str, str] = Field(default_factory=dict, description="The deployment's own env; nothing inherited.")
     memory_bytes: int | None = None
     memory_swap_bytes: int | None = None
     cpus: float | None = None
     shm_bytes: int | None = None
-    hf_cache: str = Field(description="Docker volume name or absolute host path.")
+    hf_cache: ModelCache = Field(description="The shared model cache (a volume or a host directory).")
     vram: VramEstimate | None = None
     health_path: str = HEALTH_PATH
 
     @property
     def device(self) -> str:
         return "cpu" if self.gpu is None else f"gpu:{self.gpu}"
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The runtime's flags after --model-id/--port/--hostname, rendered by the runtime."""
+        from tei_manager.runtimes.registry import get_runtime  # pure; imported late: runtimes import this module
+
+        return tuple(get_runtime(self.runtime).render_args(self.settings))
 
     def command(self, *, in_container: bool) -> list[str]:
         """The full runtime argument list.
@@ -140,6 +183,19 @@ class Plan(Frozen):
     host: Literal["live", "described"] = Field(
         "live", description="`described` when planned for another host (--gpus)."
     )
+    backend: str | None = Field(None, description="The backend planned for (its capabilities shaped the plan).")
+    tenants: dict[str, Tenant] = Field(
+        default_factory=dict, description="Tenants with their quotas and key *references* (never key values)."
+    )
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+
+    def deployments(self) -> dict[str, tuple[InstancePlan, ...]]:
+        """Deployment name -> its replicas, by replica number.  Backends that run a deployment as
+        one object (`Capabilities.replicas_as_one`) read this; the others take the instances."""
+        grouped: dict[str, list[InstancePlan]] = {}
+        for inst in self.instances:
+            grouped.setdefault(inst.deployment, []).append(inst)
+        return {name: tuple(sorted(members, key=lambda i: i.replica)) for name, members in grouped.items()}
 
     def instance(self, name: str) -> InstancePlan:
         for inst in self.instances:

@@ -7,18 +7,18 @@ What it decides, in this order:
 2. **Devices.** `cpu`; `{gpu: N}` pins; `{gpu: [N, M]}` spreads replicas round-robin; `shared`
    instances are bin-packed after the pinned ones, largest VRAM estimate first, each onto the GPU
    with the most room left ("worst fit decreasing" keeps GPUs evenly loaded).
-3. **Runtime.** `auto` is TEI when the Docker Engine answers and TEI has an image for the device
-   (every CPU; GPUs of compute capability 7.5, 8.0, 8.6, 8.9, 9.0, 10.0, 12.0, 12.1), else the
-   fallback worker.  `rerank_mode: bi-encoder` always means the fallback worker.  The reason is
-   kept in `InstancePlan.runtime_reason`.
+3. **Runtime.** `auto` takes the first runtime of the registry (tei_manager.runtimes: TEI, then
+   the fallback worker) that has neither a hard obstacle (its own: no image for this GPU or CPU
+   architecture, no bfloat16) nor a backend obstacle (`Capabilities`: engine unreachable, no
+   GPU runtime, nothing of that runtime the backend can start).  `rerank_mode: bi-encoder` means
+   a runtime that ranks with embeddings.  The reason is kept in `InstancePlan.runtime_reason`.
 4. **VRAM.** Per GPU: budget = total - `gpu_headroom_mib` - memory held by processes that are not
    ours (live hosts only).  `max_batch_tokens: auto` instances share what the fixed ones leave.
    Over budget -> `OvercommitError` naming the GPU, each instance's estimate and what to change.
 5. **Ports.** Explicit ports (replicas take p, p+1, ...) first, then `auto` ports from
    AUTO_PORT_BASE upward, skipping explicit ones, the gateway's port and `observed_ports`.
-6. **Arguments.** TEI's flags in the order of seed 004 (`--max-batch-tokens`,
-   `--max-concurrent-requests`, `--max-client-batch-size`), then `--served-model-name`, the
-   optional flags only when the profile sets them, then `extra_args`.
+6. **Settings.** The runtime's settings as typed values (`RuntimeSettings`); the runtime renders
+   them as flags when a backend starts the instance.
 """
 
 from __future__ import annotations
@@ -26,20 +26,30 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tei_manager.core.catalog import (
-    ModelInfo,
-    UnknownModel,
-    model_info,
-    supported_arches,
-    tei_image,
-    tei_supports,
-    tei_tag,
-    uses_flash_attention,
-)
+from tei_manager.core.capabilities import Capabilities
+from tei_manager.core.catalog import ModelInfo, UnknownModel, model_info
 from tei_manager.core.facts import GpuFact, HostFacts
-from tei_manager.core.models import Deployment, GpuPlacement, ModelSpec, Profile, Runtime, Task, reference_problems
-from tei_manager.core.plan import GpuBudget, InstancePlan, ModelSource, Plan, VramEstimate
+from tei_manager.core.models import (
+    Deployment,
+    GpuPlacement,
+    ModelSpec,
+    Profile,
+    Runtime,
+    Task,
+    dotted,
+    reference_problems,
+)
+from tei_manager.core.plan import (
+    GpuBudget,
+    InstancePlan,
+    ModelCache,
+    ModelSource,
+    Plan,
+    RuntimeSettings,
+    VramEstimate,
+)
 from tei_manager.core.tuning import (
+    VramProfile,
     auto_max_batch_tokens,
     cpu_auto_max_batch_tokens,
     default_dtype,
@@ -48,6 +58,9 @@ from tei_manager.core.tuning import (
     min_batch_tokens,
 )
 from tei_manager.errors import OvercommitError, PlanError
+from tei_manager.runtimes.base import Device
+from tei_manager.runtimes.base import Runtime as RuntimeDef
+from tei_manager.runtimes.registry import get_runtime, runtimes
 
 #: First port tried for `port: auto` (TEI's conventional port in the seeds).
 AUTO_PORT_BASE = 8080
@@ -85,15 +98,38 @@ class _Slot:
     def auto(self) -> bool:
         return self.dep.tuning.max_batch_tokens == "auto"
 
+    @property
+    def vram_profile(self) -> VramProfile:
+        return get_runtime(self.runtime).vram
+
+
+def engine_capabilities(facts: HostFacts) -> Capabilities:
+    """What a container engine described by `facts.docker` can run; when it does not answer,
+    local executables (the fallback worker).  What `--backend auto` amounts to, and the planner's
+    default when the caller names no backend."""
+    engine = facts.docker
+    if engine.reachable:
+        return Capabilities(
+            backend="container engine", artifact="image", gpus=engine.nvidia_runtime,
+            summary="Docker reachable",
+            no_gpu="Docker has no NVIDIA runtime, so a {runtime} container cannot use GPU {gpu}",
+        )
+    why = f"Docker Engine not reachable ({engine.error or 'unknown reason'})"
+    return Capabilities(backend="local process", artifact="executable", summary="local processes",
+                        other_artifact=why,
+                        warnings=(f"{why}: `runtime: auto` deployments use the fallback worker",))
+
 
 def plan(profile: Profile, facts: HostFacts, *, observed_ports: Iterable[int] | None = frozenset(),
-         source: str | None = None, own_pids: Iterable[int] = frozenset()) -> Plan:
+         source: str | None = None, own_pids: Iterable[int] = frozenset(),
+         capabilities: Capabilities | None = None) -> Plan:
     """Plan every instance of `profile` on the host described by `facts`.
 
     `observed_ports`: host ports taken by something other than this profile's instances; `auto`
     ports skip them (None means unknown, treated as empty).  `own_pids`: PIDs of this profile's
     running instances, whose VRAM is not counted as "in use by others" when re-planning a live host.
-    `source` is recorded in `Plan.source` (the profile's path).
+    `source` is recorded in `Plan.source` (the profile's path).  `capabilities`: what the backend
+    that will run the plan can host (default: `engine_capabilities(facts)`).
 
     Raises PlanError (unknown model numbers, GPU not on the host, TEI forced where it cannot run,
     port collisions, a batch budget TEI would refuse) and OvercommitError (VRAM).
@@ -101,8 +137,7 @@ def plan(profile: Profile, facts: HostFacts, *, observed_ports: Iterable[int] | 
     problems = reference_problems(profile)
     if problems:
         loc, message, hint = problems[0]
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-        raise PlanError(message, where=where, fix=hint)
+        raise PlanError(message, where=dotted(loc), fix=hint)
 
     warnings: list[str] = []
     if not facts.gpus and facts.nvml_error:
@@ -110,12 +145,10 @@ def plan(profile: Profile, facts: HostFacts, *, observed_ports: Iterable[int] | 
             f"CPU-only host: NVML not available ({facts.nvml_error}); GPU placements cannot be planned here "
             "- pass --gpus to plan for another host"
         )
+    caps = capabilities or engine_capabilities(facts)
     # Only worth saying when it changes a decision: some deployment leaves the runtime to us.
-    if not facts.docker.reachable and any(d.runtime == "auto" for d in profile.deployments):
-        warnings.append(
-            f"Docker Engine not reachable ({facts.docker.error or 'unknown reason'}): `runtime: auto` "
-            "deployments use the fallback worker"
-        )
+    if any(d.runtime == "auto" for d in profile.deployments):
+        warnings.extend(caps.warnings)
 
     slots = _expand(profile, facts)
     budgets = _budgets(profile, facts, set(own_pids))
@@ -124,23 +157,25 @@ def plan(profile: Profile, facts: HostFacts, *, observed_ports: Iterable[int] | 
     for slot in slots:
         if slot.shared_placement:
             continue
-        _choose_runtime(slot, profile, facts, facts.gpu(slot.gpu) if slot.gpu is not None else None)
+        _choose_runtime(slot, profile, facts, caps, facts.gpu(slot.gpu) if slot.gpu is not None else None)
         _initial_estimate(slot)
         if slot.gpu is not None:
             planned[slot.gpu].append(slot)
 
     shared = [s for s in slots if s.shared_placement]
     if shared:
-        _place_shared(shared, profile, facts, budgets, planned)
+        _place_shared(shared, profile, facts, caps, budgets, planned)
 
     for index, members in planned.items():
         _resolve_auto(index, members, budgets, facts)
     for index in planned:
         _check_budget(index, planned, budgets, facts, profile)
 
-    _assign_ports(slots, profile, set(observed_ports or ()), warnings)
+    # Where the engine decides how instances are reached (a cluster), this host's ports do not matter.
+    observed = set() if caps.allocates_host_ports else set(observed_ports or ())
+    _assign_ports(slots, profile, observed, warnings)
 
-    instances = tuple(_instance(slot, profile) for slot in slots)
+    instances = tuple(_instance(slot, profile, facts) for slot in slots)
     for slot in slots:
         warnings.extend(slot.warnings)
     gpus = tuple(
@@ -157,7 +192,9 @@ def plan(profile: Profile, facts: HostFacts, *, observed_ports: Iterable[int] | 
         for g in facts.gpus
     )
     return Plan(profile=profile.name, source=source, instances=instances, gpus=gpus,
-                warnings=tuple(dict.fromkeys(warnings)), host=facts.origin)
+                warnings=tuple(dict.fromkeys(warnings)), host=facts.origin,
+                backend=caps.backend if capabilities else None, tenants=dict(profile.tenants),
+                gateway=profile.gateway)
 
 
 # --- 1 and 2: instances and devices ------------------------------------------------------------------
@@ -222,52 +259,62 @@ def _expand(profile: Profile, facts: HostFacts) -> list[_Slot]:
 # --- 3: runtime ----------------------------------------------------------------------------------------
 
 
-def _tei_obstacle(slot: _Slot, facts: HostFacts, gpu: GpuFact | None) -> str | None:
-    """Why TEI cannot serve this instance on this device, or None when it can."""
-    if slot.dep.tuning.dtype == "bfloat16":
-        return "TEI's CUDA and CPU builds have no bfloat16 (dtype: bfloat16)"
-    if gpu is not None and not tei_supports(gpu.compute_capability):
-        return (f"TEI has no image for compute capability {gpu.arch_label} (GPU {gpu.index}, {gpu.name}); "
-                f"it has images for {supported_arches()}")
-    if not facts.docker.reachable:
-        return f"Docker Engine not reachable ({facts.docker.error or 'unknown reason'})"
-    if gpu is not None and not facts.docker.nvidia_runtime:
-        return f"Docker has no NVIDIA runtime, so a TEI container cannot use GPU {gpu.index}"
-    return None
+def _obstacles(runtime: RuntimeDef, slot: _Slot, profile: Profile, caps: Capabilities,
+               device: Device) -> tuple[str | None, str | None]:
+    """(hard, soft): why `runtime` can never run this instance on this device, and why it cannot on
+    this backend right now.  A hard obstacle refuses `runtime: X`; a soft one only warns."""
+    hard = runtime.obstacle(slot.dep, profile, device)
+    if hard:
+        return hard, None
+    packaged = runtime.image(profile, device) if caps.artifact == "image" else runtime.executable
+    return None, caps.obstacle(runtime.name, has_artifact=packaged is not None, gpu=device.gpu)
 
 
-def _choose_runtime(slot: _Slot, profile: Profile, facts: HostFacts, gpu: GpuFact | None) -> None:
+def _choose_runtime(slot: _Slot, profile: Profile, facts: HostFacts, caps: Capabilities,
+                    gpu: GpuFact | None) -> None:
     dep = slot.dep
-    cc = gpu.compute_capability if gpu is not None else None
-    slot.cc = cc
-    if dep.rerank_mode == "bi-encoder":
-        slot.runtime, slot.reason = "fallback", "rerank_mode bi-encoder: only the fallback worker ranks with an embedding model"
-    elif dep.runtime == "fallback":
-        slot.runtime, slot.reason = "fallback", "runtime: fallback in the profile"
-    elif dep.runtime == "tei":
-        obstacle = _tei_obstacle(slot, facts, gpu)
-        hard = obstacle is not None and (dep.tuning.dtype == "bfloat16"
-                                         or (cc is not None and not tei_supports(cc)))
+    device = Device(gpu=gpu, cpu_arch=facts.cpu_arch)
+    slot.cc = gpu.compute_capability if gpu is not None else None
+    if dep.rerank_mode == "bi-encoder" and dep.runtime == "auto":
+        chosen = next(r for r in runtimes() if r.ranks_with_embeddings)
+        slot.runtime = chosen.name
+        slot.reason = f"rerank_mode bi-encoder: only the {chosen.name} runtime ranks with an embedding model"
+        _, soft = _obstacles(chosen, slot, profile, caps, device)
+        if soft:
+            slot.warnings.append(f"{slot.name}: runtime {chosen.name}, but {soft}; apply will fail on this host")
+    elif dep.runtime != "auto":
+        runtime = get_runtime(dep.runtime)
+        hard, soft = _obstacles(runtime, slot, profile, caps, device)
         if hard:
             raise PlanError(
-                f"runtime tei cannot run here: {obstacle}",
+                f"runtime {runtime.name} cannot run here: {hard}",
                 where=f"{slot.where}.runtime",
-                fix="use `runtime: auto` (falls back) or `runtime: fallback`, or place it on another GPU or `cpu`",
+                fix="use `runtime: auto` (falls back) or another runtime, or place it on another GPU or `cpu`",
             )
-        slot.runtime, slot.reason = "tei", "runtime: tei in the profile"
-        if obstacle:
-            slot.warnings.append(f"{slot.name}: runtime tei, but {obstacle}; apply will fail on this host")
+        slot.runtime, slot.reason = runtime.name, f"runtime: {runtime.name} in the profile"
+        if soft:
+            slot.warnings.append(f"{slot.name}: runtime {runtime.name}, but {soft}; apply will fail on this host")
     else:
-        obstacle = _tei_obstacle(slot, facts, gpu)
-        if obstacle:
-            slot.runtime, slot.reason = "fallback", f"auto: {obstacle}"
+        reasons: list[str] = []
+        for runtime in runtimes():
+            hard, soft = _obstacles(runtime, slot, profile, caps, device)
+            if hard is None and soft is None:
+                break
+            reasons.append(hard or soft or "")
         else:
-            tag = tei_tag(cc, profile.tei_image.version)
-            where = "CPU" if gpu is None else f"compute capability {gpu.arch_label}"
-            slot.runtime, slot.reason = "tei", f"auto: Docker reachable, TEI image {tag} for {where}"
+            # Nothing can run here; the last resort is planned so that `plan` can still show it.
+            runtime = runtimes()[-1]
+            slot.warnings.append(f"{slot.name}: no runtime can run on this backend here "
+                                 f"({'; '.join(reasons)}); apply will fail on this host")
+        slot.runtime = runtime.name
+        if reasons:
+            slot.reason = f"auto: {reasons[0]}"
+        else:
+            image = runtime.image(profile, device) if caps.artifact == "image" else runtime.executable
+            slot.reason = f"auto: {caps.summary or caps.backend}, {runtime.name} {caps.artifact} {image} " \
+                          f"for {device.describe()}"
     slot.dtype = default_dtype(on_gpu=gpu is not None, override=dep.tuning.dtype)
-    # TEI's Turing image runs without flash attention (padded batches); the fallback worker uses SDPA.
-    slot.flash = uses_flash_attention(cc) if slot.runtime == "tei" else True
+    slot.flash = get_runtime(slot.runtime).flash_attention(device)
 
 
 # --- 4: VRAM -------------------------------------------------------------------------------------------
@@ -285,7 +332,7 @@ def _initial_estimate(slot: _Slot) -> None:
         return
     tokens = slot.max_batch_tokens or min_batch_tokens(slot.info, accept_truncation=tuning.accept_truncation)
     slot.vram = estimate_vram(slot.info, dtype=slot.dtype, max_batch_tokens=tokens, flash=slot.flash,
-                              runtime=slot.runtime)
+                              runtime=slot.vram_profile)
 
 
 def _budgets(profile: Profile, facts: HostFacts, own_pids: set[int]) -> dict[int, tuple[int, int]]:
@@ -304,14 +351,14 @@ def _room(index: int, planned: dict[int, list[_Slot]], budgets: dict[int, tuple[
     return budgets[index][0] - sum(s.vram.total_mib for s in planned[index] if s.vram)
 
 
-def _place_shared(shared: list[_Slot], profile: Profile, facts: HostFacts,
+def _place_shared(shared: list[_Slot], profile: Profile, facts: HostFacts, caps: Capabilities,
                   budgets: dict[int, tuple[int, int]], planned: dict[int, list[_Slot]]) -> None:
     # Size each shared slot on the first GPU to order them (largest first); the estimate is
     # recomputed for the GPU finally chosen, whose architecture may change runtime or attention.
     for slot in shared:
         for g in facts.gpus:
             try:
-                _choose_runtime(slot, profile, facts, g)
+                _choose_runtime(slot, profile, facts, caps, g)
             except PlanError:
                 continue  # `runtime: tei` on an architecture TEI lacks: try the next GPU
             slot.gpu = g.index
@@ -326,7 +373,7 @@ def _place_shared(shared: list[_Slot], profile: Profile, facts: HostFacts,
             trial = _Slot(**{**slot.__dict__, "warnings": []})
             trial.gpu = g.index
             try:
-                _choose_runtime(trial, profile, facts, g)
+                _choose_runtime(trial, profile, facts, caps, g)
             except PlanError as exc:
                 errors.append(exc.what)
                 continue
@@ -356,12 +403,12 @@ def _resolve_auto(index: int, members: list[_Slot], budgets: dict[int, tuple[int
     assert gpu is not None
     for slot in autos:
         tokens = auto_max_batch_tokens(slot.info, share_mib=share, dtype=slot.dtype, flash=slot.flash,
-                                       runtime=slot.runtime,
+                                       runtime=slot.vram_profile,
                                        accept_truncation=slot.dep.tuning.accept_truncation)
         if tokens is None:
             floor = min_batch_tokens(slot.info, accept_truncation=slot.dep.tuning.accept_truncation)
             need = estimate_vram(slot.info, dtype=slot.dtype, max_batch_tokens=floor, flash=slot.flash,
-                                 runtime=slot.runtime)
+                                 runtime=slot.vram_profile)
             raise OvercommitError(
                 f"{gpu.name}: `max_batch_tokens: auto` finds no budget for {slot.name}: its share is "
                 f"{share} MiB ({budgets[index][0]} MiB budget - {fixed} MiB of fixed instances, split "
@@ -373,7 +420,7 @@ def _resolve_auto(index: int, members: list[_Slot], budgets: dict[int, tuple[int
             )
         slot.max_batch_tokens = tokens
         slot.vram = estimate_vram(slot.info, dtype=slot.dtype, max_batch_tokens=tokens, flash=slot.flash,
-                                  runtime=slot.runtime)
+                                  runtime=slot.vram_profile)
 
 
 def _describe(slot: _Slot) -> str:
@@ -401,18 +448,22 @@ def _check_budget(index: int, planned: dict[int, list[_Slot]], budgets: dict[int
                           fix="one of:" + "".join(f"\n    - {fix}" for fix in fixes))
 
 
+def _mib(slot: _Slot) -> int:
+    return slot.vram.total_mib if slot.vram else 0
+
+
 def _overcommit_fixes(index: int, members: list[_Slot], budget: int, planned: dict[int, list[_Slot]],
                       budgets: dict[int, tuple[int, int]], facts: HostFacts) -> list[str]:
     fixes: list[str] = []
-    by_size = sorted((s for s in members if s.vram), key=lambda s: -s.vram.total_mib)  # type: ignore[union-attr]
-    total = sum(s.vram.total_mib for s in by_size)  # type: ignore[union-attr]
+    by_size = sorted((s for s in members if s.vram), key=lambda s: -_mib(s))
+    total = sum(_mib(s) for s in by_size)
     for slot in by_size:
         if slot.auto:
             continue
-        others = total - slot.vram.total_mib  # type: ignore[union-attr]
+        others = total - _mib(slot)
         floor = min_batch_tokens(slot.info, accept_truncation=slot.dep.tuning.accept_truncation)
         target = largest_fitting(slot.info, share_mib=budget - others, dtype=slot.dtype, flash=slot.flash,
-                                 runtime=slot.runtime, floor=floor, cap=(slot.max_batch_tokens or floor) - 1)
+                                 runtime=slot.vram_profile, floor=floor, cap=(slot.max_batch_tokens or floor) - 1)
         if target is not None:
             fixes.append(f"lower deployments[{slot.index}].tuning.max_batch_tokens ({slot.dep.instance_prefix}) "
                          f"from {slot.max_batch_tokens} to {target}")
@@ -420,8 +471,8 @@ def _overcommit_fixes(index: int, members: list[_Slot], budget: int, planned: di
     else:
         # No single instance can give enough back: would every fixed one at its floor fit?
         at_floor = sum(
-            (s.vram.total_mib if s.auto else estimate_vram(  # type: ignore[union-attr]
-                s.info, dtype=s.dtype, flash=s.flash, runtime=s.runtime,
+            (_mib(s) if s.auto else estimate_vram(
+                s.info, dtype=s.dtype, flash=s.flash, runtime=s.vram_profile,
                 max_batch_tokens=min(s.max_batch_tokens or 0, min_batch_tokens(
                     s.info, accept_truncation=s.dep.tuning.accept_truncation))).total_mib)
             for s in by_size)
@@ -432,7 +483,7 @@ def _overcommit_fixes(index: int, members: list[_Slot], budget: int, planned: di
                 f"{s.name} (deployments[{s.index}]) to "
                 f"{min_batch_tokens(s.info, accept_truncation=s.dep.tuning.accept_truncation)}" for s in lowered))
     for slot in by_size:
-        need = slot.vram.total_mib  # type: ignore[union-attr]
+        need = _mib(slot)
         homes = [g.index for g in facts.gpus if g.index != index and _room(g.index, planned, budgets) >= need]
         if homes:
             fixes.append(f"move {slot.name} to GPU {homes[0]} (deployments[{slot.index}].placement: "
@@ -490,30 +541,28 @@ def _assign_ports(slots: list[_Slot], profile: Profile, observed: set[int], warn
 # --- 6: the instance -----------------------------------------------------------------------------------
 
 
-def runtime_args(dep: Deployment, spec: ModelSpec, runtime: Runtime, max_batch_tokens: int) -> tuple[str, ...]:
-    """The runtime flags after --model-id/--port/--hostname, identical for TEI and the fallback worker."""
+def runtime_settings(dep: Deployment, spec: ModelSpec, runtime: Runtime, max_batch_tokens: int) -> RuntimeSettings:
+    """The runtime's settings as typed values; the runtime renders them as flags."""
     t = dep.tuning
-    args = [
-        "--max-batch-tokens", str(max_batch_tokens),
-        "--max-concurrent-requests", str(t.max_concurrent_requests),
-        "--max-client-batch-size", str(t.max_client_batch_size),
-        "--served-model-name", spec.id,
-    ]
-    if spec.revision:
-        args += ["--revision", spec.revision]
-    if t.dtype:
-        args += ["--dtype", t.dtype]
-    if t.pooling:
-        args += ["--pooling", t.pooling]
-    if t.max_batch_requests:
-        args += ["--max-batch-requests", str(t.max_batch_requests)]
-    if t.tokenization_workers:
-        args += ["--tokenization-workers", str(t.tokenization_workers)]
-    if not t.auto_truncate:
-        args += ["--auto-truncate", "false"]
-    if runtime == "fallback" and dep.rerank_mode == "bi-encoder":
-        args += ["--rerank-mode", "bi-encoder"]
-    return (*args, *t.extra_args)
+    return RuntimeSettings(
+        served_model_name=spec.id,
+        max_batch_tokens=max_batch_tokens,
+        max_concurrent_requests=t.max_concurrent_requests,
+        max_client_batch_size=t.max_client_batch_size,
+        revision=spec.revision,
+        dtype=t.dtype,
+        pooling=t.pooling,
+        max_batch_requests=t.max_batch_requests,
+        tokenization_workers=t.tokenization_workers,
+        auto_truncate=t.auto_truncate,
+        rerank_mode=dep.rerank_mode if get_runtime(runtime).ranks_with_embeddings else None,
+        extra_args=tuple(t.extra_args),
+    )
+
+
+def runtime_args(dep: Deployment, spec: ModelSpec, runtime: Runtime, max_batch_tokens: int) -> tuple[str, ...]:
+    """The runtime flags after --model-id/--port/--hostname, as the runtime renders them."""
+    return tuple(get_runtime(runtime).render_args(runtime_settings(dep, spec, runtime, max_batch_tokens)))
 
 
 def _model_source(key: str, spec: ModelSpec) -> ModelSource:
@@ -528,7 +577,7 @@ def _model_source(key: str, spec: ModelSpec) -> ModelSource:
     return ModelSource(hub_id=spec.id, revision=spec.revision, local_path=spec.path, mount_name=key)
 
 
-def _instance(slot: _Slot, profile: Profile) -> InstancePlan:
+def _instance(slot: _Slot, profile: Profile, facts: HostFacts) -> InstancePlan:
     dep, info = slot.dep, slot.info
     tokens = slot.max_batch_tokens
     assert tokens is not None
@@ -542,11 +591,10 @@ def _instance(slot: _Slot, profile: Profile) -> InstancePlan:
             )
         slot.warnings.append(f"{slot.name}: max_batch_tokens {tokens} < max input length {info.max_input_length}; "
                              f"longer inputs are truncated to {tokens} tokens")
-    if slot.runtime == "tei":
-        image = tei_image(profile.tei_image.repository, profile.tei_image.version, slot.cc)
-        assert image is not None, "the runtime choice checked that TEI has an image for this device"
-    else:
-        image = profile.fallback_image
+    gpu = facts.gpu(slot.gpu) if slot.gpu is not None else None
+    runtime = get_runtime(slot.runtime)
+    # None only for a runtime that has no image for this device but an executable (process backends).
+    image = runtime.image(profile, Device(gpu=gpu, cpu_arch=facts.cpu_arch)) or ""
     limits = dep.limits
     return InstancePlan(
         name=slot.name,
@@ -563,15 +611,18 @@ def _instance(slot: _Slot, profile: Profile) -> InstancePlan:
         runtime_reason=slot.reason,
         image=image,
         gpu=slot.gpu,
+        gpu_uuid=gpu.uuid if gpu is not None else None,
         bind=dep.bind or profile.bind,
         host_port=slot.port,
-        args=runtime_args(dep, slot.spec, slot.runtime, tokens),
+        settings=runtime_settings(dep, slot.spec, slot.runtime, tokens),
+        tasks=tuple(sorted({slot.task, slot.spec.task})),
         env=dict(dep.env),
         memory_bytes=limits.memory,
         memory_swap_bytes=limits.memory_swap,
         cpus=limits.cpus,
         shm_bytes=limits.shm_size,
-        hf_cache=profile.hf_cache,
+        hf_cache=ModelCache.from_profile(profile.hf_cache),
         vram=slot.vram,
+        health_path=runtime.health_path,
     )
 

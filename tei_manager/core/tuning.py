@@ -32,9 +32,9 @@ Pure core: standard library and tei_manager.core only.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from tei_manager.core.catalog import ModelInfo
-from tei_manager.core.models import Runtime
 from tei_manager.core.plan import VramEstimate
 
 MIB = 1024 * 1024
@@ -56,6 +56,20 @@ FALLBACK_ACTIVATION_FACTOR = 1.25
 TEI_CONTEXT_MIB = 512
 #: CUDA context of a PyTorch process (larger kernel images) plus allocator slack.
 FALLBACK_CONTEXT_MIB = 1024
+
+
+
+@dataclass(frozen=True)
+class VramProfile:
+    """What one runtime adds to the architecture's memory: its per-process context and how much its
+    allocator inflates activations.  Each runtime (tei_manager.runtimes) owns one."""
+
+    context_mib: int
+    activation_factor: float = 1.0
+
+
+TEI_VRAM = VramProfile(context_mib=TEI_CONTEXT_MIB)
+FALLBACK_VRAM = VramProfile(context_mib=FALLBACK_CONTEXT_MIB, activation_factor=FALLBACK_ACTIVATION_FACTOR)
 
 # --- the `auto` search -------------------------------------------------------------------------------
 #: `auto` budgets are multiples of this many tokens.
@@ -84,7 +98,7 @@ def round_up(value: int, step: int = AUTO_STEP_TOKENS) -> int:
 
 
 def estimate_vram(info: ModelInfo, *, dtype: str, max_batch_tokens: int, flash: bool,
-                  runtime: Runtime) -> VramEstimate:
+                  runtime: VramProfile) -> VramEstimate:
     """The VRAM one instance needs at its warmup peak, in MiB (see the module docstring)."""
     size = dtype_bytes(dtype)
     weights = info.params * size
@@ -93,9 +107,8 @@ def estimate_vram(info: ModelInfo, *, dtype: str, max_batch_tokens: int, flash: 
     if not flash:
         seq = min(info.max_input_length, max_batch_tokens)
         activations += max_batch_tokens * seq * info.num_heads * size * ATTN_SCORE_COPIES
-    if runtime == "fallback":
-        activations *= FALLBACK_ACTIVATION_FACTOR
-    context = TEI_CONTEXT_MIB if runtime == "tei" else FALLBACK_CONTEXT_MIB
+    activations *= runtime.activation_factor
+    context = runtime.context_mib
     weights_mib = math.ceil(weights / MIB)
     activations_mib = math.ceil(activations / MIB)
     return VramEstimate(
@@ -116,7 +129,7 @@ def min_batch_tokens(info: ModelInfo, *, accept_truncation: bool) -> int:
     return round_up(info.max_input_length)
 
 
-def largest_fitting(info: ModelInfo, *, share_mib: int, dtype: str, flash: bool, runtime: Runtime,
+def largest_fitting(info: ModelInfo, *, share_mib: int, dtype: str, flash: bool, runtime: VramProfile,
                     floor: int = AUTO_STEP_TOKENS, cap: int = AUTO_MAX_BATCH_TOKENS) -> int | None:
     """The largest multiple of AUTO_STEP_TOKENS in [floor, cap] whose estimate fits `share_mib`.
 
@@ -143,7 +156,7 @@ def largest_fitting(info: ModelInfo, *, share_mib: int, dtype: str, flash: bool,
     return lo * AUTO_STEP_TOKENS
 
 
-def auto_max_batch_tokens(info: ModelInfo, *, share_mib: int, dtype: str, flash: bool, runtime: Runtime,
+def auto_max_batch_tokens(info: ModelInfo, *, share_mib: int, dtype: str, flash: bool, runtime: VramProfile,
                           accept_truncation: bool) -> int | None:
     """What `max_batch_tokens: auto` becomes on a GPU for an instance given `share_mib` of VRAM.
 

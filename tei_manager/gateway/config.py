@@ -1,7 +1,9 @@
-"""Everything one profile version means to the gateway, built from Profile + Plan + keys.
+"""Everything one profile version means to the gateway, built from the Plan alone (+ keys).
 
-Pure.  The gateway keeps one `GatewayConfig` at a time and swaps it whole on reload, so a
-request sees either the old or the new profile, never a mix.
+Pure.  The Plan carries what the gateway needs (instances with their settings and tasks, the
+tenants with their quotas, the gateway settings), so the configuration never looks anything up
+in the Profile again.  The gateway keeps one `GatewayConfig` at a time and swaps it whole on
+reload, so a request sees either the old or the new profile, never a mix.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from tei_manager.core.models import GatewaySettings, Profile
+from tei_manager.core.addresses import http_url
+from tei_manager.core.models import GatewaySettings, Profile, Tenant
 from tei_manager.core.plan import InstancePlan, Plan
 from tei_manager.gateway.keys import KeyRing
 from tei_manager.gateway.qos import TenantLimits
@@ -33,13 +36,10 @@ class GatewayConfig:
 
 def upstream_url(bind: str, port: int) -> str:
     """Where the gateway reaches an instance published on `bind:port`."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(bind, bind)
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return http_url(bind, port)
 
 
-def instance_capacity(profile: Profile, deployment: str, override: int | None) -> int:
+def instance_capacity(inst: InstancePlan, override: int | None) -> int:
     """Requests the gateway lets one replica run at once.
 
     An explicit override wins.  With `max_batch_requests` set, two batches' worth: one running and
@@ -49,38 +49,14 @@ def instance_capacity(profile: Profile, deployment: str, override: int | None) -
     """
     if override is not None:
         return override
-    dep = next((d for d in profile.deployments if d.instance_prefix == deployment), None)
-    if dep is None:
-        return DEFAULT_INSTANCE_CONCURRENCY
-    tuning = dep.tuning
-    wanted = 2 * tuning.max_batch_requests if tuning.max_batch_requests else DEFAULT_INSTANCE_CONCURRENCY
-    return max(1, min(wanted, tuning.max_concurrent_requests))
+    settings = inst.settings
+    wanted = 2 * settings.max_batch_requests if settings.max_batch_requests else DEFAULT_INSTANCE_CONCURRENCY
+    return max(1, min(wanted, settings.max_concurrent_requests))
 
 
-def _client_batch(profile: Profile, deployment: str) -> int:
-    dep = next((d for d in profile.deployments if d.instance_prefix == deployment), None)
-    return dep.tuning.max_client_batch_size if dep is not None else 32
-
-
-def _tasks(profile: Profile, inst: InstancePlan) -> frozenset[str]:
-    tasks = {inst.task}
-    dep = next((d for d in profile.deployments if d.instance_prefix == inst.deployment), None)
-    if dep is not None:
-        spec = profile.models.get(dep.model)
-        if spec is not None:
-            tasks.add(spec.task)
-        if dep.rerank_mode == "bi-encoder":
-            tasks.add("rerank")  # the fallback worker serves /rerank from the embedding model
-    return frozenset(tasks)
-
-
-def routes_from_plan(profile: Profile, plan: Plan, *, instance_concurrency: int | None = None) -> list[Route]:
-    by_deployment: dict[str, list[InstancePlan]] = {}
-    for inst in plan.instances:
-        by_deployment.setdefault(inst.deployment, []).append(inst)
+def routes_from_plan(plan: Plan, *, instance_concurrency: int | None = None) -> list[Route]:
     routes = []
-    for deployment, instances in by_deployment.items():
-        instances.sort(key=lambda i: i.replica)
+    for deployment, instances in plan.deployments().items():
         first = instances[0]
         routes.append(
             Route(
@@ -90,18 +66,18 @@ def routes_from_plan(profile: Profile, plan: Plan, *, instance_concurrency: int 
                 model_key=first.model_key,
                 hub_id=first.model.hub_id,
                 served_model_name=first.served_model_name,
-                tasks=_tasks(profile, first),
+                tasks=frozenset(first.tasks or (first.task,)),
                 task=first.task,
                 replicas=tuple(upstream_url(i.bind, i.host_port) for i in instances),
                 replica_names=tuple(i.name for i in instances),
-                capacity_per_replica=instance_capacity(profile, deployment, instance_concurrency),
-                max_client_batch_size=_client_batch(profile, deployment),
+                capacity_per_replica=instance_capacity(first, instance_concurrency),
+                max_client_batch_size=first.settings.max_client_batch_size,
             )
         )
     return routes
 
 
-def tenant_limits(profile: Profile) -> dict[str, TenantLimits]:
+def tenant_limits(tenants: Mapping[str, Tenant]) -> dict[str, TenantLimits]:
     return {
         name: TenantLimits(
             priority=t.priority,
@@ -111,25 +87,31 @@ def tenant_limits(profile: Profile) -> dict[str, TenantLimits]:
             max_concurrent=t.quota.max_concurrent,
             max_wait_ms=t.quota.max_wait_ms,
         )
-        for name, t in profile.tenants.items()
+        for name, t in tenants.items()
     }
 
 
 def build_config(
-    profile: Profile,
+    profile: Profile | None,
     plan: Plan,
     keys: Mapping[str, Iterable[str]],
     *,
     instance_concurrency: int | None = None,
 ) -> GatewayConfig:
-    """`keys` maps tenant -> plain API keys (from `tei_manager.profiles.resolve_secrets`)."""
-    routes = routes_from_plan(profile, plan, instance_concurrency=instance_concurrency)
-    names = {url: name for r in routes for url, name in zip(r.replicas, r.replica_names)}
+    """`keys` maps tenant -> plain API keys (from `tei_manager.profiles.resolve_secrets`).
+
+    Routes come from `plan` alone.  Tenants and gateway settings too, unless `profile` is given:
+    then its tenants and settings win (they never change the plan; callers that edit them in
+    place, like the gateway tests, need not re-plan).  TODO-for-merge: once `create_app` takes
+    the plan only, drop the `profile` parameter."""
+    tenants = profile.tenants if profile is not None else plan.tenants
+    routes = routes_from_plan(plan, instance_concurrency=instance_concurrency)
+    names = {url: name for r in routes for url, name in zip(r.replicas, r.replica_names, strict=True)}
     return GatewayConfig(
         table=RouteTable(routes),
-        keys=KeyRing({t: list(k) for t, k in keys.items() if t in profile.tenants}),
-        tenants=tenant_limits(profile),
-        settings=profile.gateway,
-        open=not profile.tenants,
+        keys=KeyRing({t: list(k) for t, k in keys.items() if t in tenants}),
+        tenants=tenant_limits(tenants),
+        settings=profile.gateway if profile is not None else plan.gateway,
+        open=not tenants,
         instance_names=names,
     )

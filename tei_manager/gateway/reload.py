@@ -9,6 +9,7 @@ and is reported in the log and in `tei_manager_gateway_reloads_total{result="err
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -58,7 +59,7 @@ class Reloader:
     async def reload_now(self) -> bool:
         try:
             config = await asyncio.to_thread(self._build)
-        except Exception as exc:  # keep serving with the old profile
+        except Exception as exc:  # noqa: BLE001 - any failure to build keeps serving with the old profile
             log.error("profile reload failed, keeping the previous one:\n%s", exc)
             self._on_result(False)
             return False
@@ -69,10 +70,8 @@ class Reloader:
 
     async def _run(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):  # a timeout is the polling interval passing
                 await asyncio.wait_for(self._wake.wait(), self._interval_s)
-            except asyncio.TimeoutError:
-                pass
             forced = self._wake.is_set()
             self._wake.clear()
             current = self._stat()

@@ -1,7 +1,7 @@
 """The TUI's single door to the services the CLI uses: probe, planner, orchestrator, backends.
 
-Nothing here decides anything the CLI does not: backends come from `backends.select`, plans
-from `cli.live.live_plan` (what `tei-manager apply` plans with), diffs from `core.diff.diff`,
+Nothing here decides anything the CLI does not: backends and plans come from tei_manager.services
+(what `tei-manager apply` uses), diffs from `core.diff.diff`,
 applies, teardowns and status rows from `tei_manager.orchestrator`, host facts from
 `probe.probe_host`, instance restart/stop/logs from the `Backend`.  This module
 only adapts their results to what the screens show, and adds the one thing only a dashboard
@@ -23,14 +23,14 @@ from typing import Any
 
 import httpx
 
-from tei_manager import orchestrator
-from tei_manager.backends.base import Backend
-from tei_manager.backends.select import BackendChoice, backend_for_apply, backends_for_reading
+from tei_manager import orchestrator, services
+from tei_manager.core.addresses import http_url
 from tei_manager.core.diff import Action, ObservedInstance, diff
 from tei_manager.core.facts import HostFacts
 from tei_manager.core.plan import Plan
 from tei_manager.errors import BackendError, TeiManagerError
 from tei_manager.orchestrator import InstanceStatus
+from tei_manager.services import Backend
 from tei_manager.tui import gateway_stats
 
 Clock = Callable[[], float]
@@ -91,13 +91,13 @@ class TuiServices:
         self,
         *,
         profiles_dir: Path,
-        backend: BackendChoice = "auto",
+        backend: str = "auto",
         gateway_url: str | None = "http://127.0.0.1:8080",
         clock: Clock = time.time,
         http_timeout_s: float = 2.0,
     ) -> None:
         self.profiles_dir = Path(profiles_dir)
-        self.backend_choice: BackendChoice = backend
+        self.backend_choice = backend
         self.gateway_url = gateway_url.rstrip("/") if gateway_url else None
         self.clock = clock
         self._readers: list[Backend] | None = None
@@ -130,7 +130,7 @@ class TuiServices:
         """The backends `status` reads (opened once: connecting to Docker takes a while)."""
         with self._readers_lock:
             if self._readers is None:
-                self._readers = backends_for_reading(self.backend_choice)
+                self._readers = services.open_readers(self.backend_choice)
             return self._readers
 
     def _backend_named(self, name: str) -> Backend:
@@ -172,16 +172,14 @@ class TuiServices:
         Planned exactly as `tei-manager apply` plans, on the backend apply would use for this
         profile, so the diff shown is the diff apply will act on.
         """
-        from tei_manager.cli.live import live_plan
-        from tei_manager.profiles import load_profile
-
         try:
-            backend = backend_for_apply(self.backend_choice, load_profile(path).name)
+            facts = self.probe()
+            target = services.open_target(self.backend_choice, services.load(path).name, facts=facts)
             try:
-                plan = live_plan(str(path), backend)
-                actions = tuple(diff(plan, backend.list(plan.profile)))
+                plan = services.live_plan(path, target, facts)
+                actions = tuple(diff(plan, target.backend.list(plan.profile)))
             finally:
-                backend.close()
+                target.close()
         except TeiManagerError as exc:
             return PlanPreview(plan=None, error=exc)
         return PlanPreview(plan=plan, actions=actions)
@@ -189,11 +187,11 @@ class TuiServices:
     # -- running things --------------------------------------------------------------------
     def apply(self, plan: Plan, on_event: orchestrator.EventSink) -> orchestrator.ApplyResult:
         """The orchestrator's apply on the backend `tei-manager apply` would pick."""
-        backend = backend_for_apply(self.backend_choice, plan.profile)
+        target = services.open_target(self.backend_choice, plan.profile, facts=self.probe())
         try:
-            return orchestrator.apply(plan, backend, on_event=on_event)
+            return orchestrator.apply(plan, target.backend, on_event=on_event)
         finally:
-            backend.close()
+            target.close()
 
     def down(self, profile: str) -> list[str]:
         """The orchestrator's down on every backend that runs instances of `profile`."""
@@ -224,9 +222,8 @@ class TuiServices:
         """The instance's own TEI `/info` (straight from the instance, not through the gateway)."""
         if row.port is None:
             raise BackendError("the instance publishes no port", where=row.name)
-        host = "127.0.0.1" if row.bind in ("", "-", "0.0.0.0") else row.bind
         try:
-            response = self._http.get(f"http://{host}:{row.port}/info")
+            response = self._http.get(f"{http_url(row.bind, row.port)}/info")
             response.raise_for_status()
             body = response.json()
         except (httpx.HTTPError, ValueError) as exc:

@@ -7,6 +7,7 @@ each instance its command line (`InstancePlan.command(in_container=False)`).
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +155,48 @@ class GatewayThread:
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+# --- the gateway tests' cluster (shared by conftest.py and the test modules) ---------------------------
+
+KEYS = {"finance": ["fin-key-1", "fin-key-2"], "hr": ["hr-key"], "ops": ["ops-key"]}
+# Parameters of the tiny reranker the planner cannot look up (it is not a hub model).
+TINY_NUMBERS = {"params_millions": 1, "hidden_size": 32, "num_layers": 2, "max_input_length": 128}
+
+
+def profile_dict(minilm: Path, reranker: Path, ports: dict[str, int]) -> dict[str, Any]:
+    """finance: MiniLM x2 (embed).  hr: a tiny cross-encoder (rerank) and a MiniLM that serves embed
+    and bi-encoder rerank, marked `shared` so every tenant may use it.  ops: nothing of its own."""
+    return {
+        "name": "gateway-test",
+        "models": {
+            "minilm": {"id": "sentence-transformers/all-MiniLM-L6-v2", "task": "embed", "path": str(minilm)},
+            "tiny-rr": {"id": "test/tiny-reranker", "task": "rerank", "path": str(reranker), **TINY_NUMBERS},
+        },
+        "tenants": {
+            "finance": {"api_keys": [{"env": "FIN_KEY_1"}, {"env": "FIN_KEY_2"}], "priority": "high"},
+            "hr": {"api_keys": [{"env": "HR_KEY"}]},
+            "ops": {"api_keys": [{"env": "OPS_KEY"}], "priority": "low"},
+        },
+        "deployments": [
+            {"tenant": "finance", "model": "minilm", "placement": "cpu", "replicas": 2,
+             "port": ports["finance"], "runtime": "fallback"},
+            {"tenant": "hr", "model": "tiny-rr", "placement": "cpu", "port": ports["hr"], "runtime": "fallback"},
+            {"tenant": "hr", "model": "minilm", "name": "shared-minilm", "shared": True,
+             "rerank_mode": "bi-encoder", "placement": "cpu", "port": ports["shared"], "runtime": "fallback"},
+        ],
+        "gateway": {"upstream_timeout_s": 30},
+    }
+
+
+@dataclass
+class Cluster:
+    base: dict[str, Any]
+    plan: Plan
+    workers: dict[str, WorkerProcess]
+
+    def profile_data(self) -> dict[str, Any]:
+        return copy.deepcopy(self.base)
+
+    def profile(self, data: dict[str, Any] | None = None) -> Profile:
+        return Profile.model_validate(data if data is not None else self.base)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import KEYS, Cluster
+from gw_harness import KEYS, Cluster
 from gw_harness import GatewayThread
 from prometheus_client import CollectorRegistry
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import KEYS, profile_dict
+from gw_harness import KEYS, profile_dict
 from gw_harness import (
     GatewayThread,
     WorkerProcess,

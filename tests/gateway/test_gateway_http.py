@@ -7,7 +7,7 @@ import struct
 
 import httpx
 import pytest
-from conftest import KEYS, Cluster
+from gw_harness import KEYS, Cluster
 from gw_harness import GatewayThread, bearer
 from prometheus_client import CollectorRegistry
 

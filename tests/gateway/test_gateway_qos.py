@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import KEYS, Cluster
+from gw_harness import KEYS, Cluster
 from gw_harness import GatewayThread, bearer
 from prometheus_client import CollectorRegistry
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import Cluster
+from gw_harness import Cluster
 from gw_harness import (
     REPO,
     GatewayThread,

@@ -95,6 +95,41 @@ def test_quickstart_comes_up_answers_and_goes_down(profile_name: str, tmp_path: 
     assert list((state_dir(profile_name) / "instances").glob("*.json")) == []
 
 
+def test_plan_shows_what_apply_does_when_a_port_is_taken(profile_name: str, tmp_path: Path, capsys: Any) -> None:
+    """`plan --backend process --json` and `apply --backend process` agree on runtimes and ports,
+    even with `runtime: auto` (the process backend hosts only the fallback worker) and an `auto`
+    port that another program holds."""
+    import socket
+
+    path, _ = quickstart_copy(tmp_path, profile_name)
+    data = yaml.safe_load(path.read_text())
+    for dep in data["deployments"]:
+        dep["port"] = "auto"
+    data["deployments"][0]["runtime"] = "auto"
+    path.write_text(yaml.safe_dump(data))
+
+    def planned() -> dict[str, tuple[str, int]]:
+        capsys.readouterr()
+        assert main(["plan", str(path), "--backend", "process", "--json"]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        return {i["name"]: (i["runtime"], i["host_port"]) for i in plan["instances"]}
+
+    first_port = planned()["demo-embed"][1]
+    with socket.socket() as taken:  # another program takes the port `auto` would have used
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", first_port))
+        taken.listen()
+        shown = planned()
+        assert shown["demo-embed"] == ("fallback", shown["demo-embed"][1])
+        assert first_port not in {port for _, port in shown.values()}
+        try:
+            assert main(["apply", str(path), "--backend", "process", "--timeout", "120"]) == 0
+            rows = status_rows(capsys, profile_name)
+            assert {r["instance"]: (r["runtime"], r["port"]) for r in rows} == shown
+        finally:
+            main(["down", str(path), "--backend", "process"])
+
+
 def test_tei_runtime_without_docker_is_a_clear_error(profile_name: str, tmp_path: Path, capsys: Any) -> None:
     path, _ = quickstart_copy(tmp_path, profile_name)
     data = yaml.safe_load(path.read_text())

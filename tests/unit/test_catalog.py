@@ -63,3 +63,52 @@ def test_unknown_model_needs_its_numbers():
     info = model_info(ModelSpec(id="acme/encoder", task="embed", params_millions=100, hidden_size=768,
                                 num_layers=12, max_input_length=512))
     assert info.num_heads == 12
+
+
+# --- the TEI runtime's image choice: exact versions and the host's CPU architecture -----------------
+
+from tei_manager.core.facts import GpuFact  # noqa: E402
+from tei_manager.core.models import TeiImage  # noqa: E402
+from tei_manager.runtimes.base import Device  # noqa: E402
+from tei_manager.runtimes.tei import RUNTIME as TEI  # noqa: E402
+
+
+class _Profile:
+    """Only what the TEI runtime reads from a profile."""
+
+    def __init__(self, version: str = "1.9.4", variant: str = "per-arch") -> None:
+        self.tei_image = TeiImage(version=version, variant=variant)
+
+
+def _gpu(cc: tuple[int, int], name: str = "GPU") -> GpuFact:
+    return GpuFact(index=0, name=name, total_mib=80_000, compute_capability=cc)
+
+
+def test_default_tei_version_is_an_exact_release():
+    assert TeiImage().version == "1.9.4"
+
+
+@pytest.mark.parametrize(("arch", "cc", "tag"), [
+    ("x86_64", None, "cpu-1.9.4"),
+    ("arm64", None, "cpu-arm64-1.9.4"),
+    ("x86_64", (8, 9), "89-1.9.4"),
+    ("arm64", (12, 1), "121-1.9.4"),  # DGX Spark
+    ("x86_64", (12, 1), "121-1.9.4"),
+    ("arm64", (9, 0), None),  # GH200: no arm64 TEI image
+    ("arm64", (10, 0), None),  # GB200
+])
+def test_tei_tag_depends_on_the_cpu_architecture(arch, cc, tag):
+    device = Device(gpu=_gpu(cc) if cc else None, cpu_arch=arch)
+    assert TEI.tag(_Profile(), device) == tag  # type: ignore[arg-type]
+
+
+def test_arm64_and_121_images_need_1_9_4():
+    assert TEI.tag(_Profile("1.9.3"), Device(gpu=None, cpu_arch="arm64")) is None  # type: ignore[arg-type]
+    assert TEI.tag(_Profile("1.9.3"), Device(gpu=_gpu((12, 1)))) is None  # type: ignore[arg-type]
+    assert TEI.tag(_Profile("1.9.3"), Device(gpu=_gpu((8, 9)))) == "89-1.9.3"  # type: ignore[arg-type]
+
+
+def test_multi_arch_cuda_image_is_an_option():
+    assert TEI.tag(_Profile(variant="cuda"), Device(gpu=_gpu((8, 6)))) == "cuda-1.9.4"  # type: ignore[arg-type]
+    assert TEI.tag(_Profile(variant="cuda"), Device(gpu=None)) == "cpu-1.9.4"  # type: ignore[arg-type]
+    assert TEI.tag(_Profile(variant="cuda"), Device(gpu=_gpu((6, 0)))) is None  # type: ignore[arg-type]

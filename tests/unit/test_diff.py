@@ -41,7 +41,7 @@ def test_changed_tuning_replaces_only_that_instance_and_says_what_changed():
     b2 = instance("b", port=2, tokens=8192)
     actions = diff(plan(a, b2), [observed(a), observed(b)])
     assert kinds(actions) == [("keep", "a"), ("replace", "b")]
-    assert "args" in actions[1].reason
+    assert "settings" in actions[1].reason
     assert actions[1].observed.handle == "h-b-" and actions[1].desired == b2
 
 

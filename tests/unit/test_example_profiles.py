@@ -35,7 +35,7 @@ def test_l20_shared_is_seed_004():
     emb, rr = result.instance("bge-embedding"), result.instance("bge-reranker")
     assert (emb.host_port, rr.host_port) == (8080, 8081)
     assert emb.gpu == rr.gpu == 0
-    assert emb.image == "ghcr.io/huggingface/text-embeddings-inference:89-1.9"
+    assert emb.image == "ghcr.io/huggingface/text-embeddings-inference:89-1.9.4"
     assert emb.args[:6] == ("--max-batch-tokens", "16384", "--max-concurrent-requests", "256",
                             "--max-client-batch-size", "16")
     assert rr.args[:6] == ("--max-batch-tokens", "8192", "--max-concurrent-requests", "128",
@@ -78,7 +78,7 @@ def test_cpu_profiles_plan_on_this_kind_of_host(name):
 
 def test_cpu_only_uses_the_tei_cpu_image():
     result = plan(load_profile(PROFILES[0].parent / "cpu-only.yaml"), CPU_ONLY)
-    assert {i.image for i in result.instances} == {"ghcr.io/huggingface/text-embeddings-inference:cpu-1.9"}
+    assert {i.image for i in result.instances} == {"ghcr.io/huggingface/text-embeddings-inference:cpu-1.9.4"}
 
 
 def test_quickstart_runs_minilm_from_the_package_without_its_key(monkeypatch):

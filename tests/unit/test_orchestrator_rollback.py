@@ -62,7 +62,7 @@ def test_replace_on_same_port_stops_old_first_and_removes_it_after(fake):
     assert [c for c in fake.calls if c[0] != "prepare"] == [
         ("stop", "a"), ("rename", "a->old"), ("create", "a"), ("start", "a"), ("remove", "a.old")]
     live = fake.live("a")
-    assert live.handle != old and live.plan.args[-1] == "8192" and len(fake.list()) == 1
+    assert live.handle != old and live.plan.settings.max_batch_tokens == 8192 and len(fake.list()) == 1
 
 
 def test_replace_on_new_port_is_make_before_break(fake):

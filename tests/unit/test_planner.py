@@ -9,7 +9,7 @@ import pytest
 from tei_manager.core.facts import DockerFact, GpuProcess, HostFacts, parse_gpu_specs
 from tei_manager.core.models import Profile
 from tei_manager.core.planner import AUTO_PORT_BASE, plan
-from tei_manager.core.tuning import estimate_vram
+from tei_manager.core.tuning import TEI_VRAM, estimate_vram
 from tei_manager.core.catalog import KNOWN_MODELS
 from tei_manager.errors import OvercommitError, PlanError
 from tei_manager.profiles import parse_profile
@@ -43,8 +43,8 @@ def host(*specs: str, free: int | None = None, docker: DockerFact = DOCKER_GPU, 
 # --- runtime and image -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("cc", "tag"), [("7.5", "turing-1.9"), ("8.0", "1.9"), ("8.6", "86-1.9"),
-                                         ("8.9", "89-1.9"), ("9.0", "hopper-1.9"), ("12.0", "120-1.9")])
+@pytest.mark.parametrize(("cc", "tag"), [("7.5", "turing-1.9.4"), ("8.0", "1.9.4"), ("8.6", "86-1.9.4"),
+                                         ("8.9", "89-1.9.4"), ("9.0", "hopper-1.9.4"), ("12.0", "120-1.9.4")])
 def test_auto_runs_tei_with_the_image_for_the_gpu(cc, tag):
     p = profile("- {tenant: a, model: m3, placement: {gpu: 0}, tuning: {max_batch_tokens: 8192}}")
     inst = plan(p, host(f"0:GPU:80GiB:{cc}")).instances[0]
@@ -69,7 +69,7 @@ def test_cpu_uses_the_tei_cpu_image_when_docker_answers():
     p = profile("- {tenant: a, model: m3, placement: cpu}")
     inst = plan(p, CPU_HOST).instances[0]
     assert inst.runtime == "tei"
-    assert inst.image.endswith(":cpu-1.9")
+    assert inst.image.endswith(":cpu-1.9.4")
     assert inst.gpu is None and inst.vram is None
 
 
@@ -231,7 +231,7 @@ def test_overcommit_names_gpu_instances_estimates_and_fixes():
     assert text.startswith("GPU 0: NVIDIA A2 is over-committed")
     assert "the budget is 11264 MiB (12288 total - 1024 headroom - 0 in use by other processes)" in text
     e1 = estimate_vram(KNOWN_MODELS["BAAI/bge-m3"], dtype="float16", max_batch_tokens=131072, flash=True,
-                       runtime="tei")
+                       runtime=TEI_VRAM)
     assert f"e1: {e1.total_mib} MiB" in text and "r1: " in text and "max_batch_tokens 131072" in text
     assert "lower deployments[0].tuning.max_batch_tokens (e1) from 131072 to 94208" in text
     assert "move e1 to GPU 1" in text
@@ -365,7 +365,7 @@ def test_estimate_in_plan_matches_the_tuning_module():
     p = profile("- {tenant: a, model: m3, placement: {gpu: 0}, tuning: {max_batch_tokens: 16384}}")
     inst = plan(p, TWO_L20).instances[0]
     assert inst.vram == estimate_vram(KNOWN_MODELS["BAAI/bge-m3"], dtype="float16", max_batch_tokens=16384,
-                                      flash=True, runtime="tei")
+                                      flash=True, runtime=TEI_VRAM)
 
 
 def test_shared_with_runtime_tei_skips_gpus_tei_cannot_use():
@@ -374,3 +374,17 @@ def test_shared_with_runtime_tei_skips_gpus_tei_cannot_use():
     assert result.instances[0].gpu == 1 and result.instances[0].runtime == "tei"
     with pytest.raises(PlanError, match="no GPU can run it"):
         plan(p, host("0:Tesla P100:16GiB:6.0"))
+
+
+def test_gh200_gets_the_fallback_worker_with_the_reason():
+    p = profile("- {tenant: a, model: m3, placement: {gpu: 0}, tuning: {max_batch_tokens: 8192}}")
+    facts = host("0:NVIDIA GH200 480GB:97871MiB:9.0").model_copy(update={"cpu_arch": "arm64"})
+    inst = plan(p, facts).instances[0]
+    assert inst.runtime == "fallback"
+    assert "no arm64 image for compute capability 9.0" in inst.runtime_reason and "GH200" in inst.runtime_reason
+
+
+def test_arm64_cpu_gets_the_cpu_arm64_image():
+    p = profile("- {tenant: a, model: m3, placement: cpu, tuning: {max_batch_tokens: 8192}}")
+    inst = plan(p, CPU_HOST.model_copy(update={"cpu_arch": "arm64"})).instances[0]
+    assert inst.runtime == "tei" and inst.image.endswith(":cpu-arm64-1.9.4")
