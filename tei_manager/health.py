@@ -8,6 +8,7 @@ unit tests drive it, the latter with a fake clock.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -79,15 +80,33 @@ def probe(bind: str, port: int, *, path: str = HEALTH_PATH, timeout_s: float = 2
                        latency_s=time.monotonic() - started)
 
 
-def fetch_info(bind: str, port: int, *, timeout_s: float = 5.0) -> dict[str, Any] | None:
-    """GET /info (TEI's model description), None when it does not answer with JSON."""
+@dataclass(frozen=True)
+class InfoAnswer:
+    """What GET /info gave: the status (None: no answer) and the JSON object on a 200."""
+
+    status_code: int | None
+    body: dict[str, Any] | None = None
+
+    @property
+    def refused(self) -> bool:
+        """The instance wants a key the caller did not present (TEI answers a bare 401)."""
+        return self.status_code in (401, 403)
+
+
+def fetch_info(bind: str, port: int, *, headers: Mapping[str, str] | None = None,
+               timeout_s: float = 5.0) -> InfoAnswer:
+    """GET /info (TEI's model description), with the instance's key when it has one."""
     try:
-        response = httpx.get(base_url(bind, port) + "/info", timeout=timeout_s)
-        response.raise_for_status()
+        response = httpx.get(base_url(bind, port) + "/info", headers=dict(headers or {}), timeout=timeout_s)
+    except httpx.HTTPError:
+        return InfoAnswer(None)
+    if response.status_code != 200:
+        return InfoAnswer(response.status_code)
+    try:
         data = response.json()
-    except (httpx.HTTPError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    except ValueError:
+        return InfoAnswer(response.status_code)
+    return InfoAnswer(response.status_code, data if isinstance(data, dict) else None)
 
 
 class HealthProbe(Protocol):
@@ -96,7 +115,7 @@ class HealthProbe(Protocol):
 
     def health(self, bind: str, port: int, path: str = HEALTH_PATH, *, timeout_s: float = 2.0) -> ProbeResult: ...
 
-    def info(self, bind: str, port: int) -> dict[str, Any] | None: ...
+    def info(self, bind: str, port: int, *, headers: Mapping[str, str] | None = None) -> InfoAnswer: ...
 
 
 class HttpHealthProbe:
@@ -105,8 +124,8 @@ class HttpHealthProbe:
     def health(self, bind: str, port: int, path: str = HEALTH_PATH, *, timeout_s: float = 2.0) -> ProbeResult:
         return probe(bind, port, path=path, timeout_s=timeout_s)
 
-    def info(self, bind: str, port: int) -> dict[str, Any] | None:
-        return fetch_info(bind, port)
+    def info(self, bind: str, port: int, *, headers: Mapping[str, str] | None = None) -> InfoAnswer:
+        return fetch_info(bind, port, headers=headers)
 
 
 # ------------------------------------------------------------------------------------ back-off

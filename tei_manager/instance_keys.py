@@ -8,7 +8,11 @@ The keys are derived, never stored: HMAC-SHA256 of the instance's identity under
 secret per state directory (`instance-keys.secret`, mode 0600, made on first use, like an SSH host
 key). So no key appears in a plan, a label, a state record or a log line, and the manager, the
 supervisor and the gateway, which share the state directory, all derive the same key on their own.
-Deleting the secret rotates every key at the next apply.
+To rotate every key, delete the secret and re-create the instances (`down`, then `apply`).
+
+The key reaches an instance as `API_KEY` in its environment, TEI's own way: readable only by the
+instance's user and root (a process backend), or by whoever may inspect containers (Docker, whose
+users can exec into the container anyway). Never on a command line, which every user can read.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import secrets
 from pathlib import Path
 
+from tei_manager.core.plan import InstancePlan
 from tei_manager.state import state_root
 
 SECRET_FILE = "instance-keys.secret"
@@ -57,3 +62,15 @@ def instance_key(profile: str, instance: str, *, root: Path | None = None) -> st
 def bearer(profile: str, instance: str, *, root: Path | None = None) -> dict[str, str]:
     """The Authorization header that opens an instance."""
     return {"authorization": f"Bearer {instance_key(profile, instance, root=root)}"}
+
+
+def instance_env(instance: InstancePlan) -> dict[str, str]:
+    """What a backend adds to an instance's environment: its key, when the profile protects instances."""
+    if not instance.internal_auth:
+        return {}
+    return {"API_KEY": instance_key(instance.profile, instance.name)}
+
+
+def instance_headers(instance: InstancePlan) -> dict[str, str]:
+    """The headers that open `instance` (none when it is not protected)."""
+    return bearer(instance.profile, instance.name) if instance.internal_auth else {}

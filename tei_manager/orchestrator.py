@@ -37,7 +37,8 @@ from tei_manager.backends.base import Backend, HostPids, SlotRenaming
 from tei_manager.core.diff import Action, ObservedInstance, diff
 from tei_manager.core.plan import InstancePlan, Plan
 from tei_manager.errors import ApplyError, BackendError, TeiManagerError
-from tei_manager.health import Clock, HealthProbe, HttpHealthProbe, SystemClock
+from tei_manager.health import Clock, HealthProbe, HttpHealthProbe, ProbeResult, SystemClock
+from tei_manager.instance_keys import instance_headers
 from tei_manager.probe import gpu_memory_by_pid
 from tei_manager.state import ProfileBusy, profile_lock, supervisor_restarts
 
@@ -239,7 +240,16 @@ def wait_healthy(backend: Backend, obs: ObservedInstance, inst: InstancePlan, *,
         result = probe.health(inst.bind, inst.host_port, inst.health_path, timeout_s=2.0)
         elapsed = clock.monotonic() - started
         if result.ok:
-            info = probe.info(inst.bind, inst.host_port)
+            answer = probe.info(inst.bind, inst.host_port, headers=instance_headers(inst))
+            if answer.refused:
+                raise BackendError(
+                    f"/info answered {answer.status_code}: the instance does not accept the key tei-manager "
+                    "holds for it", where=inst.name,
+                    fix="remove any API_KEY / --api-key of the deployment's own (env, tuning.extra_args): the "
+                        "internal key protects instances (gateway.protect_instances); or another server listens "
+                        "on that port",
+                )
+            info = answer.body
             if info is not None and not _expected_model_ok(info, inst):
                 raise BackendError(
                     f"port {inst.host_port} answers for model "
@@ -247,7 +257,11 @@ def wait_healthy(backend: Backend, obs: ObservedInstance, inst: InstancePlan, *,
                     f"expected {inst.served_model_name!r}",
                     where=inst.name, fix="another server may be listening on that port; pick another port",
                 )
-            return current
+            if info is not None:
+                return current
+            # /health is up but /info is not: not ready yet (TEI answers /health before it is warm).
+            result = ProbeResult(False, error=f"/info answered {answer.status_code}" if answer.status_code
+                                 else "/info did not answer")
         if elapsed >= timeout_s:
             raise _failure(backend, current, inst, f"not healthy after {timeout_s:g} s ({result.describe()})")
         if elapsed - last_report >= 1.0:

@@ -27,6 +27,7 @@ from tei_manager.core.diff import ObservedInstance, RunState
 from tei_manager.core.facts import HostFacts
 from tei_manager.core.plan import CONTAINER_HF_CACHE, CONTAINER_MODEL_DIR, CONTAINER_PORT, InstancePlan
 from tei_manager.errors import BackendError, HostError
+from tei_manager.instance_keys import instance_env
 from tei_manager.runtimes.registry import get_runtime
 
 #: This backend's registry name (the only place it is spelled).
@@ -53,7 +54,8 @@ def container_spec(instance: InstancePlan, *, slot: str = "") -> dict[str, Any]:
     worker image); the command is the runtime's argument list, exactly what
     `text-embeddings-router` takes.
     """
-    environment = {**instance.env, **get_runtime(instance.runtime).render_env(instance, in_container=True)}
+    environment = {**instance.env, **get_runtime(instance.runtime).render_env(instance, in_container=True),
+                   **instance_env(instance)}
     volumes: dict[str, dict[str, str]] = {instance.hf_cache.name: {"bind": CONTAINER_HF_CACHE, "mode": "rw"}}
     if instance.model.local_path is not None:
         volumes[instance.model.local_path] = {

@@ -16,16 +16,15 @@ Pair it with `FakeHealthProbe(fake)` for `orchestrator.apply/status` and `Superv
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
 
 from tei_manager.backends.base import Backend, ProgressFn
 from tei_manager.core.diff import ObservedInstance, RunState
 from tei_manager.core.plan import HEALTH_PATH, InstancePlan
 from tei_manager.errors import BackendError
-from tei_manager.health import ProbeResult
+from tei_manager.health import InfoAnswer, ProbeResult
 
 
 @dataclass
@@ -154,11 +153,11 @@ class FakeHealthProbe:
             return ProbeResult(False, status_code=503)
         return ProbeResult(True, status_code=200)
 
-    def info(self, bind: str, port: int) -> dict[str, Any] | None:
+    def info(self, bind: str, port: int, *, headers: Mapping[str, str] | None = None) -> InfoAnswer:
         rec = self._running(port)
         if rec is None:
-            return None
-        return {"model_id": rec.plan.model.hub_id, "served_model_name": rec.plan.served_model_name}
+            return InfoAnswer(None)
+        return InfoAnswer(200, {"model_id": rec.plan.model.hub_id, "served_model_name": rec.plan.served_model_name})
 
 
 __all__ = ["FakeBackend", "FakeHealthProbe"]

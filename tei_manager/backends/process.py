@@ -31,6 +31,7 @@ from tei_manager.core.diff import ObservedInstance
 from tei_manager.core.facts import HostFacts
 from tei_manager.core.plan import InstancePlan
 from tei_manager.errors import BackendError
+from tei_manager.instance_keys import instance_env
 from tei_manager.runtimes.registry import get_runtime
 from tei_manager.state import state_dir, state_root
 
@@ -263,7 +264,8 @@ class ProcessBackend(Backend):
 
     def _environment(self, plan: InstancePlan) -> dict[str, str]:
         inherited = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
-        return {**inherited, **plan.env, **get_runtime(plan.runtime).render_env(plan, in_container=False)}
+        return {**inherited, **plan.env, **get_runtime(plan.runtime).render_env(plan, in_container=False),
+                **instance_env(plan)}
 
     def start(self, obs: ObservedInstance) -> ObservedInstance:
         path, record = self._load(obs)

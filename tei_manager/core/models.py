@@ -303,6 +303,11 @@ class GatewaySettings(Strict):
     quota_store: QuotaStoreSettings | None = Field(
         None, description="Share tenants' rate and token quotas through Redis; default: in this gateway's memory."
     )
+    protect_instances: bool = Field(
+        True,
+        description="Start every instance with an internal key that only the gateway and tei-manager's own "
+        "probes present, so no local process can call an instance directly and bypass tenant keys and quotas.",
+    )
 
 
 class Profile(Strict):

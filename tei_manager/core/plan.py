@@ -122,6 +122,9 @@ class InstancePlan(Frozen):
     hf_cache: ModelCache = Field(description="The shared model cache (a volume or a host directory).")
     vram: VramEstimate | None = None
     health_path: str = HEALTH_PATH
+    internal_auth: bool = Field(
+        False, description="Started with its internal key (tei_manager.instance_keys); only the gateway calls it."
+    )
 
     @property
     def device(self) -> str:

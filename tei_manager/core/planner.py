@@ -624,5 +624,6 @@ def _instance(slot: _Slot, profile: Profile, facts: HostFacts) -> InstancePlan:
         hf_cache=ModelCache.from_profile(profile.hf_cache),
         vram=slot.vram,
         health_path=runtime.health_path,
+        internal_auth=profile.gateway.protect_instances,
     )
 

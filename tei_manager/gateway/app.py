@@ -58,15 +58,15 @@ from tei_manager.gateway.errors import (
 )
 from tei_manager.gateway.events import RestartFeed
 from tei_manager.gateway.keys import bearer_token
-from tei_manager.gateway.permits import with_input_permits
 from tei_manager.gateway.prober import Prober
-from tei_manager.gateway.proxy import Forwarded, NoReplica, Proxy
+from tei_manager.gateway.proxy import JSON_HEADERS, Forwarded, NoReplica, Proxy
 from tei_manager.gateway.proxy import UpstreamTimedOut as ProxyTimedOut
 from tei_manager.gateway.qos import AdmissionController, Ticket
 from tei_manager.gateway.quota_store import QuotaStoreUnavailable, open_quota_store
 from tei_manager.gateway.reload import Reloader
 from tei_manager.gateway.routing import Balancer, Route, RouteTask
 from tei_manager.gateway.upstream import ConnectionPool, UpstreamResponse
+from tei_manager.instance_keys import bearer
 from tei_manager.metrics import GatewayMetrics
 
 log = logging.getLogger("tei_manager.gateway")
@@ -126,7 +126,9 @@ class Gateway:
         self.quotas = open_quota_store(config.settings.quota_store, profile=profile, admission=self.qos)
         self.balancer = Balancer()
         self.pool = ConnectionPool()
-        self.proxy = Proxy(self.pool, self.balancer, on_health=self.observe, on_retry=self._retried)
+        self._upstream_headers: dict[str, dict[str, str]] = {}
+        self.proxy = Proxy(self.pool, self.balancer, on_health=self.observe, on_retry=self._retried,
+                           headers_for=self._headers_for)
         self.dispatcher = Dispatcher(self.qos, self.proxy, on_admitted=self._admitted, on_pool_change=self._pool_gauges)
         self.prober = Prober(self.pool, self._all_urls, self._probed, interval_s=probe_interval_s)
         self.reloader = reloader
@@ -137,13 +139,17 @@ class Gateway:
     def apply(self, config: GatewayConfig) -> None:
         """Switch to a new profile version; requests in flight finish on the old routes."""
         old = self.config
+        # Each protected instance's internal key, derived once per profile version, never logged.
+        self._upstream_headers = {url: {**JSON_HEADERS, **bearer(config.profile, name)}
+                                  for url, name in config.protected.items()}
         self.config = config
         for tenant, limits in config.tenants.items():
             self.qos.configure_tenant(tenant, limits)
         self.qos.remove_tenants_except(set(config.tenants) | {OPEN_TENANT})
         for route in config.table.routes:
-            self.qos.configure_pool(route.deployment, self.balancer.capacity(route), self.balancer.input_capacity(route))
-            for url, name in zip(route.replicas, route.replica_names):
+            self._size_pool(route)
+            # Hand-made routes (library use) may leave replica_names empty: no per-instance metrics then.
+            for url, name in zip(route.replicas, route.replica_names, strict=False):
                 self.metrics.instance_up(
                     instance=name, model=route.model_key, tenant=route.tenant, up=self.balancer.state(url).healthy
                 )
@@ -154,6 +160,13 @@ class Gateway:
                     if (name, r.model_key, r.tenant) not in current:
                         self.metrics.forget_instance(instance=name, model=r.model_key, tenant=r.tenant)
         self.balancer.forget_except(set(self._all_urls()))
+
+    def _size_pool(self, route: Route) -> None:
+        """A deployment's pool holds what its healthy replicas can take, in requests and in inputs."""
+        self.qos.configure_pool(route.deployment, self.balancer.capacity(route), self.balancer.input_capacity(route))
+
+    def _headers_for(self, url: str) -> Mapping[str, str]:
+        return self._upstream_headers.get(url, JSON_HEADERS)
 
     def _all_urls(self) -> Iterable[str]:
         return [u for r in self.config.table.routes for u in r.replicas]
@@ -172,7 +185,7 @@ class Gateway:
             # Requests still waiting on it (hung, or stopped) are cut now and retried elsewhere.
             self.pool.abort(url)
         for route in self._routes_with(url):
-            self.qos.configure_pool(route.deployment, self.balancer.capacity(route), self.balancer.input_capacity(route))
+            self._size_pool(route)
             self.metrics.instance_up(instance=name, model=route.model_key, tenant=route.tenant, up=healthy)
 
     def _probed(self, url: str, ok: bool) -> None:
@@ -379,15 +392,14 @@ def create_app(
     def build() -> GatewayConfig:
         assert reload is not None
         new_profile, new_plan, new_keys = reload()
-        config = build_config(new_profile, new_plan, new_keys, instance_concurrency=instance_concurrency)
-        return with_input_permits(config, new_plan)
+        return build_config(new_profile, new_plan, new_keys, instance_concurrency=instance_concurrency)
 
     reloader = None
     if reload is not None:
         reloader = Reloader(build, lambda cfg: gateway.apply(cfg), metrics.reloaded,
                             path=watch_path, interval_s=watch_interval_s)
     gateway = Gateway(
-        with_input_permits(build_config(profile, plan, keys, instance_concurrency=instance_concurrency), plan),
+        build_config(profile, plan, keys, instance_concurrency=instance_concurrency),
         profile=profile.name, metrics=metrics, clock=clock, reloader=reloader, probe_interval_s=probe_interval_s,
     )
 

@@ -8,6 +8,7 @@ reload, so a request sees either the old or the new profile, never a mix.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -32,6 +33,10 @@ class GatewayConfig:
     # A profile without a `tenants` section has nobody to authenticate: the gateway is open.
     open: bool
     instance_names: Mapping[str, str]  # replica URL -> instance name (metrics labels)
+    profile: str = ""
+    # Replica URL -> instance name, for instances started with an internal key that the gateway
+    # must present (tei_manager.instance_keys derives it; the config stays free of secrets).
+    protected: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def upstream_url(bind: str, port: int) -> str:
@@ -72,6 +77,9 @@ def routes_from_plan(plan: Plan, *, instance_concurrency: int | None = None) -> 
                 replica_names=tuple(i.name for i in instances),
                 capacity_per_replica=instance_capacity(first, instance_concurrency),
                 max_client_batch_size=first.settings.max_client_batch_size,
+                # TEI and the fallback worker take one permit per input (429 beyond); the gateway
+                # admits in the same unit so it never sends what a replica would refuse (qos.py).
+                inputs_per_replica=min(i.settings.max_concurrent_requests for i in instances),
             )
         )
     return routes
@@ -114,4 +122,6 @@ def build_config(
         settings=profile.gateway if profile is not None else plan.gateway,
         open=not tenants,
         instance_names=names,
+        profile=plan.profile,
+        protected={upstream_url(i.bind, i.host_port): i.name for i in plan.instances if i.internal_auth},
     )

@@ -13,7 +13,7 @@ gateway) is also tried once elsewhere, without marking anyone unhealthy.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from tei_manager.gateway.routing import Balancer, Route
@@ -60,8 +60,10 @@ class Proxy:
         *,
         on_health: Callable[[str, bool], None],
         on_retry: Callable[[Route, str], None] = lambda route, url: None,
+        headers_for: Callable[[str], Mapping[str, str]] = lambda url: JSON_HEADERS,
     ) -> None:
         self._pool = pool
+        self._headers_for = headers_for
         self._balancer = balancer
         self._on_health = on_health
         self._on_retry = on_retry
@@ -87,7 +89,8 @@ class Proxy:
             try_timeout = left / 2 if attempt == 0 and len(route.replicas) > 1 else left
             self._balancer.started(url, inputs)
             try:
-                response = await self._pool.request(url, "POST", path, body, JSON_HEADERS, try_timeout)
+                response = await self._pool.request(url, "POST", path, body, dict(self._headers_for(url)),
+                                                    try_timeout)
             except (ConnectFailed, UpstreamBroken) as exc:
                 last_error = str(exc)
                 self._on_health(url, False)

@@ -29,6 +29,7 @@ from tei_manager.core.diff import Action, ObservedInstance, diff
 from tei_manager.core.facts import HostFacts
 from tei_manager.core.plan import Plan
 from tei_manager.errors import BackendError, TeiManagerError
+from tei_manager.instance_keys import bearer
 from tei_manager.orchestrator import InstanceStatus
 from tei_manager.services import Backend
 from tei_manager.tui import gateway_stats
@@ -223,7 +224,8 @@ class TuiServices:
         if row.port is None:
             raise BackendError("the instance publishes no port", where=row.name)
         try:
-            response = self._http.get(f"{http_url(row.bind, row.port)}/info")
+            # Always with the instance's key: an unprotected instance ignores it.
+            response = self._http.get(f"{http_url(row.bind, row.port)}/info", headers=bearer(row.profile, row.name))
             response.raise_for_status()
             body = response.json()
         except (httpx.HTTPError, ValueError) as exc:

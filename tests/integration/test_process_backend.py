@@ -20,6 +20,7 @@ from it_support import free_port, write_profile
 
 from tei_manager.backends.process import ProcessBackend
 from tei_manager.cli.app import main
+from tei_manager.instance_keys import bearer, instance_key
 from tei_manager.state import state_dir
 
 pytestmark = [pytest.mark.slow]
@@ -43,18 +44,27 @@ def status_rows(capsys: Any, name: str) -> list[dict[str, Any]]:
     return json.loads(capsys.readouterr().out)
 
 
-def test_quickstart_comes_up_answers_and_goes_down(profile_name: str, tmp_path: Path, capsys: Any) -> None:
+def test_quickstart_comes_up_answers_and_goes_down(profile_name: str, tmp_path: Path, capsys: Any,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     path, ports = quickstart_copy(tmp_path, profile_name)
+    monkeypatch.setenv("OPERATOR_ONLY_SECRET", "never-in-a-worker")
 
     assert main(["apply", str(path), "--backend", "process", "--timeout", "120"]) == 0
     out = capsys.readouterr().out
     assert f"applied {profile_name}" in out and "demo-embed" in out and "demo-rerank" in out
 
-    embed = httpx.post(f"http://127.0.0.1:{ports['demo-embed']}/embed", json={"inputs": "hello world"}, timeout=60)
+    # Instances answer only who holds their internal key (the gateway): not any local process.
+    embed_url = f"http://127.0.0.1:{ports['demo-embed']}/embed"
+    assert httpx.post(embed_url, json={"inputs": "hello world"}, timeout=60).status_code == 401
+    embed = httpx.post(embed_url, json={"inputs": "hello world"}, headers=bearer(profile_name, "demo-embed"),
+                       timeout=60)
     assert embed.status_code == 200 and len(embed.json()[0]) == 384
-    rerank = httpx.post(f"http://127.0.0.1:{ports['demo-rerank']}/rerank",
+    rerank = httpx.post(f"http://127.0.0.1:{ports['demo-rerank']}/rerank", headers=bearer(profile_name, "demo-rerank"),
                         json={"query": "greeting", "texts": ["hello there", "tax law"]}, timeout=60)
     assert rerank.status_code == 200 and rerank.json()[0]["index"] == 0
+    key = instance_key(profile_name, "demo-embed")
+    for record in (state_dir(profile_name) / "instances").glob("*.json"):
+        assert key not in record.read_text() and "API_KEY" not in record.read_text()
 
     rows = {r["instance"]: r for r in status_rows(capsys, profile_name)}
     assert set(rows) == {"demo-embed", "demo-rerank"}
@@ -63,6 +73,9 @@ def test_quickstart_comes_up_answers_and_goes_down(profile_name: str, tmp_path: 
         assert row["bind"] == "127.0.0.1" and row["device"] == "cpu"
     pids = [r["pid"] for r in rows.values()]
     assert all(pid and Path(f"/proc/{pid}").exists() for pid in pids)
+    environ = Path(f"/proc/{rows['demo-embed']['pid']}/environ").read_bytes().split(b"\0")
+    assert f"API_KEY={key}".encode() in environ  # TEI's own way, readable by its user and root only
+    assert not [v for v in environ if v.startswith(b"OPERATOR_ONLY_SECRET=")]
     # Each worker leads its own session, so it outlives the CLI that started it.
     assert all(os.getsid(pid) == pid for pid in pids)
     for obs in ProcessBackend().list(profile_name):
@@ -81,7 +94,8 @@ def test_quickstart_comes_up_answers_and_goes_down(profile_name: str, tmp_path: 
     assert main(["apply", str(path), "--backend", "process", "--timeout", "120"]) == 0
     after = {r["instance"]: r["pid"] for r in status_rows(capsys, profile_name)}
     assert after["demo-embed"] == rows["demo-embed"]["pid"] and after["demo-rerank"] != rows["demo-rerank"]["pid"]
-    info = httpx.get(f"http://127.0.0.1:{ports['demo-rerank']}/info", timeout=10).json()
+    info = httpx.get(f"http://127.0.0.1:{ports['demo-rerank']}/info", headers=bearer(profile_name, "demo-rerank"),
+                     timeout=10).json()
     assert info["max_client_batch_size"] == 8
     assert sorted(p.name for p in (state_dir(profile_name) / "instances").glob("*.json")) == \
         ["demo-embed.json", "demo-rerank.json"]
@@ -161,3 +175,20 @@ def test_a_reused_pid_is_not_mistaken_for_the_worker(profile_name: str, tmp_path
     record_path.write_text(json.dumps(record))
     assert backend.refresh(created).state == "exited"
     backend.remove(backend.refresh(created))
+
+
+def test_an_instance_that_refuses_its_key_fails_the_health_gate(profile_name: str, tmp_path: Path,
+                                                                capsys: Any) -> None:
+    """A key of the deployment's own overrides the internal one: /info answers 401, apply says so
+    and rolls back instead of reporting a healthy instance nobody can call."""
+    path, _ = quickstart_copy(tmp_path, profile_name)
+    data = yaml.safe_load(path.read_text())
+    data["deployments"] = data["deployments"][:1]
+    data["deployments"][0]["tuning"]["extra_args"] = ["--api-key", "someone-elses-key"]
+    path.write_text(yaml.safe_dump(data))
+    code = main(["apply", str(path), "--backend", "process", "--timeout", "120"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "/info answered 401" in err and "demo-embed" in err
+    assert "someone-elses-key" not in err
+    assert ProcessBackend().list(profile_name) == []
