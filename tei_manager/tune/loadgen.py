@@ -111,8 +111,7 @@ def _record(result: StepResult, status: int, began: float, inputs: int) -> None:
 async def _connection(host: str, port: int, path: str, make_body: BodyMaker, first: int, stride: int,
                       stop_at: float, measure_from: float, timeout: float, result: StepResult) -> None:
     i = first
-    writer: asyncio.StreamWriter | None = None
-    reader: asyncio.StreamReader | None = None
+    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
     while time.perf_counter() < stop_at:
         body, n_inputs = make_body(i)
         i += stride
@@ -120,31 +119,33 @@ async def _connection(host: str, port: int, path: str, make_body: BodyMaker, fir
         measured = began >= measure_from
         remaining = max(0.05, min(timeout, stop_at - began + timeout))
         try:
-            if writer is None:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), remaining)
-            assert reader is not None
+            if conn is None:
+                conn = await asyncio.wait_for(asyncio.open_connection(host, port), remaining)
+            reader, writer = conn
             head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
                     f"Content-Length: {len(body)}\r\n\r\n").encode()
             writer.write(head + body)
             status = await asyncio.wait_for(_read_response(reader), remaining)
         except _ServerClosed as closed:
             status = closed.status
-            writer = _close(writer)
+            _close(conn)
+            conn = None
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
-            writer = _close(writer)
+            _close(conn)
+            conn = None
             if measured:
                 result.transport_errors += 1
             await asyncio.sleep(0.05)  # a refused connection must not spin
             continue
         if measured:
             _record(result, status, began, n_inputs)
-    _close(writer)
+    _close(conn)
 
 
-def _close(writer: asyncio.StreamWriter | None) -> None:
-    if writer is not None:
-        writer.close()
-    return None
+def _close(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None) -> None:
+    """Close the connection, if any."""
+    if conn is not None:
+        conn[1].close()
 
 
 async def run_step(base_url: str, path: str, make_body: BodyMaker, *, concurrency: int, seconds: float,

@@ -131,7 +131,7 @@ class LocalWorkerTarget:
 
     def start(self, settings: Settings) -> LocalWorkerInstance:
         port = free_port()
-        log = tempfile.TemporaryFile()
+        log = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the instance, closed by stop()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", **self.env}
         proc = subprocess.Popen(self.command(settings, port), stdout=log, stderr=subprocess.STDOUT, env=env)
         probe: PeakProbe = (

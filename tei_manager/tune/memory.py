@@ -10,6 +10,7 @@ The NVML path cannot run on a host without an NVIDIA GPU and is not exercised by
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any, Protocol
@@ -98,7 +99,5 @@ class NvmlPeak:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
-        try:
+        with contextlib.suppress(self._nvml.NVMLError):
             self._nvml.nvmlShutdown()
-        except self._nvml.NVMLError:
-            pass

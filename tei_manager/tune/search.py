@@ -56,7 +56,7 @@ class Space:
 
     def settings(self, point: Point) -> dict[str, Value]:
         out = dict(self.fixed)
-        out.update({d.name: d.values[i] for d, i in zip(self.dimensions, point)})
+        out.update({d.name: d.values[i] for d, i in zip(self.dimensions, point, strict=True)})
         return out
 
     def middle(self) -> Point:
@@ -84,7 +84,7 @@ class Space:
             for step in (-1, 1):
                 i = point[k] + step
                 if 0 <= i < len(d.values):
-                    out.append(point[:k] + (i,) + point[k + 1:])
+                    out.append((*point[:k], i, *point[k + 1:]))
         return out
 
 
@@ -143,7 +143,7 @@ def coordinate_search(space: Space, objective: Objective, *, start: Point | None
 
     for k, d in enumerate(space.dimensions):
         for i in d.coarse():
-            candidate = best[:k] + (i,) + best[k + 1:]
+            candidate = (*best[:k], i, *best[k + 1:])
             s = evaluate(candidate)
             if s is None:
                 return evaluate.result
@@ -289,10 +289,10 @@ def choose_colocated(candidates: Mapping[str, Sequence[Candidate]], capacity_byt
         total = sum(c.peak_memory_bytes for c in combo)
         if total > capacity_bytes:
             continue
-        value = sum(c.throughput / top for c, top in zip(combo, tops))
+        value = sum(c.throughput / top for c, top in zip(combo, tops, strict=True))
         key = (round(value, 9), -total)
         if best is None or key > (best[0], -best[1]):
             best = (key[0], total, combo)
     if best is None:
         return None
-    return Colocation(dict(zip(names, best[2])), best[1], capacity_bytes)
+    return Colocation(dict(zip(names, best[2], strict=True)), best[1], capacity_bytes)

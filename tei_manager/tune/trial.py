@@ -170,8 +170,9 @@ async def drive(instance: TrialInstance, workload: Workload, settings: Settings,
 
 
 def run_trial(target: TrialTarget, settings: Settings, workload: Workload, *, slo_p99_ms: float,
-              schedule: Schedule = Schedule()) -> TrialResult:
+              schedule: Schedule | None = None) -> TrialResult:
     """Start an instance with ``settings``, measure it, stop it. Never raises for a failing setting."""
+    schedule = schedule or Schedule()
     began = time.monotonic()
     result = TrialResult(settings=dict(settings))
     try:

@@ -26,11 +26,13 @@ Kind = Literal["embed", "rerank"]
 # Common words and characters for synthetic text: real-looking enough for a tokenizer to split
 # them like traffic (word pieces for English, one or two tokens per character for Chinese).
 _EN_WORDS = (
-    "the of and to in is was for on that with as by at from this are be or an which have not it has but were "
-    "their its one all can more time also after new first two other between into used system data model search "
-    "result query document service customer order invoice payment policy report market growth energy river city "
-    "engineer student network memory latency throughput embedding ranking language question answer summary"
-).split()
+    "the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "this",
+    "are", "be", "or", "an", "which", "have", "not", "it", "has", "but", "were", "their", "its", "one", "all",
+    "can", "more", "time", "also", "after", "new", "first", "two", "other", "between", "into", "used", "system",
+    "data", "model", "search", "result", "query", "document", "service", "customer", "order", "invoice", "payment",
+    "policy", "report", "market", "growth", "energy", "river", "city", "engineer", "student", "network", "memory",
+    "latency", "throughput", "embedding", "ranking", "language", "question", "answer", "summary",
+)
 _ZH_CHARS = (
     "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行学法所"
     "民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本去把性好应开它合还因由其些然前外天政四日"

@@ -57,7 +57,7 @@ def _yaml(text: str) -> tuple[YAML, Any]:
     for mapping, offset in _STYLES:
         yaml = _new_yaml(mapping, offset)
         dumped = _dump(yaml, yaml.load(text)).splitlines()
-        same = sum(1 for a, b in zip(original, dumped) if a == b) - abs(len(original) - len(dumped))
+        same = sum(1 for a, b in zip(original, dumped, strict=False) if a == b) - abs(len(original) - len(dumped))
         if best is None or same > best[0]:
             best = (same, yaml)
         if dumped == original:

@@ -116,8 +116,10 @@ def test_co_located_peaks_must_fit_at_once() -> None:
     assert headroom({"embed": 30 * GiB, "rerank": 10 * GiB}, 48 * GiB) == 8 * GiB
     assert headroom({"embed": 40 * GiB, "rerank": 10 * GiB}, 48 * GiB) < 0
 
-    embed = [Candidate({"max_batch_tokens": 32768}, 1000, 30 * GiB), Candidate({"max_batch_tokens": 16384}, 950, 18 * GiB)]
-    rerank = [Candidate({"max_batch_tokens": 16384}, 400, 25 * GiB), Candidate({"max_batch_tokens": 8192}, 390, 14 * GiB)]
+    embed = [Candidate({"max_batch_tokens": 32768}, 1000, 30 * GiB),
+             Candidate({"max_batch_tokens": 16384}, 950, 18 * GiB)]
+    rerank = [Candidate({"max_batch_tokens": 16384}, 400, 25 * GiB),
+              Candidate({"max_batch_tokens": 8192}, 390, 14 * GiB)]
     alone = choose_colocated({"embed": embed, "rerank": rerank}, 80 * GiB)
     assert alone is not None
     assert alone.choice["embed"].throughput == 1000 and alone.choice["rerank"].throughput == 400

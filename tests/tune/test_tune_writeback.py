@@ -57,7 +57,7 @@ def test_write_changes_only_the_tuned_values_and_adds_one_comment(path: Path, de
 
     # Same document apart from the tuned deployment's tuning, which now holds the new values.
     old, new = yaml.safe_load(before), yaml.safe_load(after)
-    for i, (a, b) in enumerate(zip(old["deployments"], new["deployments"])):
+    for i, (a, b) in enumerate(zip(old["deployments"], new["deployments"], strict=True)):
         name = a.get("name") or f"{a['tenant']}-{a['model']}"
         tuning_b = b.pop("tuning")
         tuning_a = a.pop("tuning", {})
