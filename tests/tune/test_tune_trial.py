@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tei_manager.tune.local import LocalWorkerTarget, free_port
 from tei_manager.tune.loadgen import run_step
+from tei_manager.tune.local import LocalWorkerTarget, free_port
 from tei_manager.tune.target import Exit, Settings
 from tei_manager.tune.trial import Schedule, run_trial
 from tei_manager.tune.workload import synthetic
