@@ -117,15 +117,15 @@ async def _connection(host: str, port: int, path: str, make_body: BodyMaker, fir
         i += stride
         began = time.perf_counter()
         measured = began >= measure_from
-        remaining = max(0.05, min(timeout, stop_at - began + timeout))
         try:
             if conn is None:
-                conn = await asyncio.wait_for(asyncio.open_connection(host, port), remaining)
+                conn = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
             reader, writer = conn
             head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
                     f"Content-Length: {len(body)}\r\n\r\n").encode()
             writer.write(head + body)
-            status = await asyncio.wait_for(_read_response(reader), remaining)
+            await asyncio.wait_for(writer.drain(), timeout)
+            status = await asyncio.wait_for(_read_response(reader), timeout)
         except _ServerClosed as closed:
             status = closed.status
             _close(conn)
