@@ -17,17 +17,17 @@ from fixtures.tiny_models import build_tiny_embedder, build_tiny_reranker, minil
 
 @pytest.fixture(scope="session")
 def tiny_embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_embedder(tmp_path_factory.mktemp("tiny-embedder"))
+    return Path(build_tiny_embedder(tmp_path_factory.mktemp("tiny-embedder")))
 
 
 @pytest.fixture(scope="session")
 def tiny_reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_reranker(tmp_path_factory.mktemp("tiny-reranker"))
+    return Path(build_tiny_reranker(tmp_path_factory.mktemp("tiny-reranker")))
 
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
-    return minilm_path()
+    return Path(minilm_path())
 
 
 @pytest.fixture(autouse=True)

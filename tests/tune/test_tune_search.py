@@ -91,7 +91,7 @@ def test_spaces_per_runtime() -> None:
     fb = default_space("fallback", on_gpu=True, kind="rerank", documents_per_query=20, max_input_tokens=8192)
     assert [d.name for d in fb.dimensions] == ["max_batch_tokens", "forward_workers", "dtype"]
     # No budget below the model's max input length (it would truncate), and rerank requests fit a query's documents.
-    assert min(fb.dimensions[0].values) == 8192  # type: ignore[type-var]
+    assert min(int(v) for v in fb.dimensions[0].values) == 8192
     assert fb.fixed == {"max_client_batch_size": 20}
     with pytest.raises(ValueError, match="unknown runtime"):
         default_space("vllm", on_gpu=True, kind="embed")

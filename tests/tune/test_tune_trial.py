@@ -49,7 +49,7 @@ def test_a_trial_records_throughput_latency_and_peak_memory(tiny_embedder_dir: P
 
 def test_rerank_trials_send_each_query_with_its_documents(tiny_reranker_dir: Path) -> None:
     workload = synthetic("rerank", n=16, documents_per_query=3, languages=("zh", "en"), seed=2)
-    settings = {"max_batch_tokens": 1024, "max_client_batch_size": 3, "dtype": "float32"}
+    settings: Settings = {"max_batch_tokens": 1024, "max_client_batch_size": 3, "dtype": "float32"}
     result = run_trial(LocalWorkerTarget(tiny_reranker_dir), settings, workload, slo_p99_ms=30_000,
                        schedule=Schedule(step_seconds=0.8, warmup_seconds=0.2, max_concurrency=1))
     assert result.meets_slo, result.to_json()
