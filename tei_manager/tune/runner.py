@@ -18,6 +18,7 @@ peaks fit at once, and the result says how much headroom is left.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -135,6 +136,24 @@ class TuneResult:
     colocation: Colocation | None = None
     capacity_bytes: int | None = None
     calibration_path: Path | None = None
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_budget(text: str) -> float:
+    """``90s``, ``10m``, ``1h`` or ``1h30m`` (a bare number is seconds) -> seconds, for `--budget`."""
+    raw = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", raw):
+        seconds = float(raw)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)([smh])", raw)
+        if not parts or "".join(n + u for n, u in parts) != raw:
+            raise ValueError(f"cannot read the budget {text!r}; write it like 90s, 10m or 1h30m")
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"the budget {text!r} must be more than zero")
+    return seconds
 
 
 class _Clock:

@@ -12,6 +12,7 @@ import asyncio
 import threading
 import time
 
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -114,3 +115,13 @@ def test_the_budget_stops_the_search() -> None:
     assert dep.search_stopped_early and len(dep.search) < SPACE.size
     slowest = max(t.seconds for t in [dep.current, *dep.search])
     assert time.monotonic() - began <= 3 + slowest + 2
+
+
+def test_budgets_read_like_the_cli_writes_them() -> None:
+    from tei_manager.tune.runner import parse_budget
+
+    assert parse_budget("90s") == 90 and parse_budget("10m") == 600 and parse_budget("1h30m") == 5400
+    assert parse_budget("45") == 45
+    for bad in ("ten minutes", "10x", "0m", "5m junk"):
+        with pytest.raises(ValueError, match="budget"):
+            parse_budget(bad)
