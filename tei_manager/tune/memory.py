@@ -1,5 +1,7 @@
 """Peak memory of a trial instance: resident memory on CPU, GPU memory per process on a GPU.
 
+`RssPeak` is for local processes, `CgroupPeak` for containers on CPU, `NvmlPeak` for anything on a GPU.
+
 On CPU the kernel keeps the high-water mark itself (``VmHWM`` in ``/proc/PID/status``), so the
 warm-up peak, which the worker reaches before it opens its port, is never missed. NVML only
 reports what a process holds *now*, so on a GPU a thread samples it from the moment the process
@@ -47,6 +49,30 @@ class RssPeak:
         kib = _status_kib(self.pid, "VmHWM", self._proc)
         if kib is not None:
             self._last = kib * 1024
+        return self._last
+
+    def close(self) -> None:
+        self.peak_bytes()
+
+
+class CgroupPeak:
+    """A container's memory high-water mark from its cgroup directory: ``memory.peak`` (cgroup v2,
+    Linux 5.19+) or ``memory.max_usage_in_bytes`` (v1). For a backend running Docker on CPU; like
+    RssPeak it keeps the last figure, so it can be asked after the container is gone."""
+
+    FILES = ("memory.peak", "memory.max_usage_in_bytes")
+
+    def __init__(self, cgroup_dir: Path) -> None:
+        self.cgroup_dir = cgroup_dir
+        self._last: int | None = None
+
+    def peak_bytes(self) -> int | None:
+        for name in self.FILES:
+            try:
+                self._last = int((self.cgroup_dir / name).read_text().split()[0])
+                break
+            except (OSError, ValueError, IndexError):
+                continue
         return self._last
 
     def close(self) -> None:
