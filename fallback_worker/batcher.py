@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import Engine
+from .engine import BatchResult, Engine
 from .metrics import Metrics
 from .tokenization import Encoded
 
@@ -238,7 +238,7 @@ class Batcher:
         self._loop.call_soon_threadsafe(_resolve, live, results, error)
 
 
-def _resolve(jobs: list[Job], results: Sequence[Any], error: BaseException | None) -> None:
+def _resolve(jobs: list[Job], results: BatchResult, error: BaseException | None) -> None:
     for i, job in enumerate(jobs):
         if job.future.done():
             continue

@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import WorkerConfig
@@ -51,23 +51,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     env = os.environ.get
 
-    def add(*flags: str, envvar: str, type: Any = str, default: Any = None, help: str = "", **kw: Any) -> None:
+    def add(
+        *flags: str, envvar: str, type: Callable[[str], Any] = str, default: Any = None, help: str = "", **kw: Any
+    ) -> None:
         raw = env(envvar)
         value = default
         if raw is not None and raw != "":
             value = type(raw) if type is not list else [raw]
         if help != argparse.SUPPRESS:
             help = f"{help} [env: {envvar}]"
-        p.add_argument(*flags, default=value, type=None if type is list else type, help=help, **kw)
+        if type is not list:  # type=list marks a list option: argparse keeps each value a string, nargs the list
+            kw["type"] = type
+        p.add_argument(*flags, default=value, help=help, **kw)
 
     add("--model-id", envvar="MODEL_ID", help="hub id or local directory (save_pretrained layout)")
     add("--revision", envvar="REVISION", help="hub revision")
-    add("--tokenization-workers", envvar="TOKENIZATION_WORKERS", type=int, help="tokenizer threads (default: CPUs - 1)")
-    add("--dtype", envvar="DTYPE", help="float16 | float32 | bfloat16 (default: float16 on CUDA; on CPU bfloat16 where native)")
+    add("--tokenization-workers", envvar="TOKENIZATION_WORKERS", type=int,
+        help="tokenizer threads (default: CPUs - 1)")
+    add("--dtype", envvar="DTYPE",
+        help="float16 | float32 | bfloat16 (default: float16 on CUDA; on CPU bfloat16 where native)")
     add("--served-model-name", envvar="SERVED_MODEL_NAME")
     add("--pooling", envvar="POOLING", help="cls | mean | last-token (default: 1_Pooling/config.json)")
-    add("--max-concurrent-requests", envvar="MAX_CONCURRENT_REQUESTS", type=int, default=512, help="admission permits, one per input")
-    add("--max-batch-tokens", envvar="MAX_BATCH_TOKENS", type=int, default=16384, help="padded tokens per forward batch")
+    add("--max-concurrent-requests", envvar="MAX_CONCURRENT_REQUESTS", type=int, default=512,
+        help="admission permits, one per input")
+    add("--max-batch-tokens", envvar="MAX_BATCH_TOKENS", type=int, default=16384,
+        help="padded tokens per forward batch")
     add("--max-batch-requests", envvar="MAX_BATCH_REQUESTS", type=int, help="inputs per forward batch")
     add("--max-client-batch-size", envvar="MAX_CLIENT_BATCH_SIZE", type=int, default=32, help="inputs per HTTP request")
     add("--auto-truncate", envvar="AUTO_TRUNCATE", type=parse_bool, default=True, nargs="?", const=True,
@@ -90,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--prometheus-port", envvar="PROMETHEUS_PORT", type=int)
     add("--cors-allow-origin", envvar="CORS_ALLOW_ORIGIN", type=list, nargs="+")
     # Beyond TEI.
-    add("--rerank-mode", envvar="FALLBACK_RERANK_MODE", default="cross-encoder", choices=["cross-encoder", "bi-encoder"],
+    add("--rerank-mode", envvar="FALLBACK_RERANK_MODE", default="cross-encoder",
+        choices=["cross-encoder", "bi-encoder"],
         help="bi-encoder: an embedding model answers /rerank by cosine similarity")
     add("--device", envvar="FALLBACK_DEVICE", help="cpu | cuda | cuda:N (default: cuda when available)")
     add("--warmup", envvar="FALLBACK_WARMUP", type=parse_bool, default=True, nargs="?", const=True,
@@ -134,7 +143,10 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(json_output: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_output else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if json_output:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper() if os.environ.get("LOG_LEVEL", "").isalpha() else "INFO")
@@ -218,7 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             auto_truncate=config.auto_truncate, device=config.device,
         )
         if config.default_prompt_name and config.default_prompt_name not in engine.spec.prompts:
-            raise StartupError(f"--default-prompt-name {config.default_prompt_name!r} is not a key of the model's prompts")
+            raise StartupError(
+                f"--default-prompt-name {config.default_prompt_name!r} is not a key of the model's prompts"
+            )
         if config.rerank_mode == "bi-encoder" and engine.spec.kind != "embedding":
             log.warning("--rerank-mode bi-encoder needs an embedding model; this one is a %s", engine.spec.kind)
     except StartupError as exc:

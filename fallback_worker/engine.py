@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -27,6 +27,10 @@ DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.
 POOLINGS = ("cls", "mean", "last-token", "splade")
 # Models whose position ids start after the padding index (TEI's "position offset").
 OFFSET_MODEL_TYPES = ("xlm-roberta", "camembert", "roberta")
+
+# What one forward batch answers, one row per input in order: an array for "embed" and "classify",
+# a list for "sparse" (token id, weight) and "all" (per-token hidden states).
+BatchResult: TypeAlias = np.ndarray | list[list[tuple[int, float]]] | list[np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -70,9 +74,10 @@ def resolve_model_dir(model_id: str, revision: str | None, cache_dir: str | None
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        data: dict[str, Any] = json.loads(path.read_text())  # the model's config files are JSON objects
     except (OSError, ValueError):
         return None
+    return data
 
 
 def pooling_from_dir(model_dir: Path, model_type: str) -> str:
@@ -261,7 +266,8 @@ class Engine:
 
     @torch.inference_mode()
     def _hidden(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model(**inputs).last_hidden_state
+        hidden: torch.Tensor = self.model(**inputs).last_hidden_state
+        return hidden
 
     @torch.inference_mode()
     def embed(self, batch: Sequence[Encoded]) -> np.ndarray:
@@ -289,7 +295,7 @@ class Engine:
         out: list[list[tuple[int, float]]] = []
         for row, enc in enumerate(batch):
             best: dict[int, float] = {}
-            for tid, w in zip(enc.ids, weights[row, : len(enc.ids)]):
+            for tid, w in zip(enc.ids, weights[row, : len(enc.ids)], strict=True):  # the row cut to the input
                 if tid in self.unused_sparse_ids or w <= 0.0:
                     continue
                 if w > best.get(tid, 0.0):
@@ -306,10 +312,11 @@ class Engine:
     @torch.inference_mode()
     def classify(self, batch: Sequence[Encoded]) -> np.ndarray:
         """Raw logits [batch, labels] in float32."""
-        logits = self.model(**self._pad(batch)).logits
-        return logits.float().cpu().numpy()
+        logits: torch.Tensor = self.model(**self._pad(batch)).logits
+        scores: np.ndarray = logits.float().cpu().numpy()
+        return scores
 
-    def run(self, task: str, batch: Sequence[Encoded]) -> Sequence[Any]:
+    def run(self, task: str, batch: Sequence[Encoded]) -> BatchResult:
         if task == "embed":
             return self.embed(batch)
         if task == "sparse":
@@ -352,16 +359,19 @@ class Engine:
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    normalized: np.ndarray = x / np.maximum(norms, 1e-12)
+    return normalized
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-x))
+    return out
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return out
 
 
 def is_nan(value: float) -> bool:

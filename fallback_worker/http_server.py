@@ -28,7 +28,11 @@ log = logging.getLogger("fallback_worker.http")
 
 HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0
-_REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 28\r\nconnection: close\r\n\r\nrequest headers arrived late"
+_REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"content-type: text/plain\r\ncontent-length: 28\r\nconnection: close\r\n\r\n"
+    b"request headers arrived late"
+)
 
 
 def _base_protocol() -> type[asyncio.Protocol]:

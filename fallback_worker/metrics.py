@@ -72,7 +72,8 @@ class Histogram:
     def render(self) -> Iterable[str]:
         yield f"# TYPE {self.name} histogram"
         cumulative = 0
-        for bound, count in zip(self.buckets, self.counts):
+        # counts has one more slot than buckets (the +Inf overflow), reported from `n` below.
+        for bound, count in zip(self.buckets, self.counts, strict=False):
             cumulative += count
             yield f'{self.name}_bucket{{le="{bound:g}"}} {cumulative}'
         yield f'{self.name}_bucket{{le="+Inf"}} {self.n}'

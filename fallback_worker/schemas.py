@@ -237,6 +237,8 @@ def _predict_item(v: Any) -> TextInput:
 def parse_predict(data: Any) -> PredictRequest:
     d = _obj(data)
     raw = _required(d, "inputs", lambda v, n: v)
+    inputs: list[TextInput]
+    batch: bool
     if isinstance(raw, str):
         inputs, batch = [raw], False
     elif isinstance(raw, list) and len(raw) == 2 and all(isinstance(x, str) for x in raw):
@@ -293,7 +295,9 @@ def parse_tokenize(data: Any) -> TokenizeRequest:
         inputs = [as_str(x, "inputs") for x in raw]
     else:
         raise _shape("inputs: data did not match any variant of untagged enum TokenizeInput")
-    return TokenizeRequest(inputs, _field(d, "add_special_tokens", as_bool, True), _field(d, "prompt_name", as_str, None))
+    return TokenizeRequest(
+        inputs, _field(d, "add_special_tokens", as_bool, True), _field(d, "prompt_name", as_str, None)
+    )
 
 
 @dataclass

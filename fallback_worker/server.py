@@ -179,7 +179,10 @@ class App:
 
     def _headers(self, t: Timings) -> dict[str, str]:
         total = t.total
-        ms = lambda s: str(int(s * 1000))
+
+        def ms(seconds: float) -> str:
+            return str(int(seconds * 1000))
+
         return {
             "x-compute-type": self.compute_type,
             "x-compute-time": ms(total),
@@ -297,7 +300,10 @@ class App:
 
     async def h_tokenize(self, data: Any, request: Request, t: Timings) -> tuple[Any, str]:
         req = schemas.parse_tokenize(data)
-        return await self.service.tokenize(req.inputs, add_special_tokens=req.add_special_tokens, prompt_name=req.prompt_name), "batch"
+        tokens = await self.service.tokenize(
+            req.inputs, add_special_tokens=req.add_special_tokens, prompt_name=req.prompt_name
+        )
+        return tokens, "batch"
 
     async def h_decode(self, data: Any, request: Request, t: Timings) -> tuple[Any, str]:
         req = schemas.parse_decode(data)
@@ -381,7 +387,9 @@ class App:
             self.service.tools_executor.shutdown(wait=False)
 
     def build(self) -> Starlette:
-        post = lambda path, h, **kw: Route(path, self.endpoint(h, **kw), methods=["POST"])
+        def post(path: str, handler: Handler, *, openai: bool = False) -> Route:
+            return Route(path, self.endpoint(handler, openai=openai), methods=["POST"])
+
         default = self.endpoint(self.h_default)
 
         async def root(request: Request) -> Response:
@@ -411,7 +419,9 @@ class App:
         ]
         origins = self.config.cors_allow_origin or ["*"]
         middleware = [
-            Middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["content-type"])
+            Middleware(
+                CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["content-type"]
+            )
         ]
         return Starlette(routes=routes, middleware=middleware, lifespan=self.lifespan)
 

@@ -104,7 +104,9 @@ class Service:
             t.characters += e.chars
         return encoded
 
-    async def _run(self, task: str, encoded: list[Encoded], t: Timings, disconnected: DisconnectWaiter | None) -> list[Any]:
+    async def _run(
+        self, task: str, encoded: list[Encoded], t: Timings, disconnected: DisconnectWaiter | None
+    ) -> list[Any]:
         jobs = self.batcher.submit(task, encoded)
         results = asyncio.gather(*(j.future for j in jobs))
         if disconnected is None:
@@ -112,7 +114,8 @@ class Service:
         else:
             watcher = asyncio.ensure_future(disconnected())
             try:
-                await asyncio.wait({results, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                racers: set[asyncio.Future[Any]] = {results, watcher}
+                await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 watcher.cancel()
             if not results.done():
@@ -193,7 +196,9 @@ class Service:
     ) -> list[list[tuple[int, float]]]:
         if not self.spec.sparse:
             # TEI: "Model is not an embedding model with SPLADE pooling"; here the sparse head is bge-m3's.
-            raise BackendError("Model is not an embedding model with a sparse head (sparse_linear.pt)", metric="model_type")
+            raise BackendError(
+                "Model is not an embedding model with a sparse head (sparse_linear.pt)", metric="model_type"
+            )
         self.check_count(len(inputs))
         return await self.infer("sparse", inputs, truncate, direction, t, disconnected, self.prompt_for(prompt_name))
 

@@ -129,7 +129,7 @@ class TextTokenizer:
         except Exception as exc:  # noqa: BLE001 - the Rust side reports bad input as a plain Exception
             raise TokenizerError(str(exc)) from None
         out: list[Encoded] = []
-        for item, enc in zip(inputs, encodings):
+        for item, enc in zip(inputs, encodings, strict=True):  # one text, so one encoding, per input
             if len(enc.ids) > limit:
                 raise ValidationError(f"`inputs` must have less than {limit} tokens. Given: {len(enc.ids)}")
             if not enc.ids:  # ids that were all unknown decode to nothing
@@ -144,7 +144,8 @@ class TextTokenizer:
         for flag in (True, False):
             idx = [i for i, s in enumerate(specials) if s is flag]
             if idx:
-                for i, enc in zip(idx, tokenizer.encode_batch([texts[i] for i in idx], add_special_tokens=flag)):
+                encodings = tokenizer.encode_batch([texts[i] for i in idx], add_special_tokens=flag)
+                for i, enc in zip(idx, encodings, strict=True):
                     out[i] = enc
         return [e for e in out if e is not None]
 
@@ -169,13 +170,14 @@ class TextTokenizer:
         except Exception as exc:  # noqa: BLE001 - as above
             raise TokenizerError(str(exc)) from None
         result: list[list[dict[str, object]]] = []
-        for text, enc in zip(texts, encodings):
+        for text, enc in zip(texts, encodings, strict=True):
             raw = text.encode("utf-8")
             # Character offset -> byte offset, computed once per text (not per token, which is
             # quadratic on long inputs); ASCII text needs no table.
             to_byte = None if text.isascii() else [0, *itertools.accumulate(len(c.encode("utf-8")) for c in text)]
             tokens: list[dict[str, object]] = []
-            for tid, tok, (start, stop), special in zip(enc.ids, enc.tokens, enc.offsets, enc.special_tokens_mask):
+            per_token = zip(enc.ids, enc.tokens, enc.offsets, enc.special_tokens_mask, strict=True)
+            for tid, tok, (start, stop), special in per_token:
                 if special:
                     tokens.append({"id": tid, "text": tok, "special": True, "start": None, "stop": None})
                     continue

@@ -11,6 +11,7 @@ GPU series: nothing fails.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -120,10 +121,8 @@ class GatewayMetrics:
         self._restarts.labels(instance, reason).inc()
 
     def forget_instance(self, *, instance: str, model: str, tenant: str) -> None:
-        try:
+        with contextlib.suppress(KeyError):  # never reported, nothing to forget
             self._up.remove(instance, model, tenant)
-        except KeyError:
-            pass
 
     def reloaded(self, ok: bool) -> None:
         self._reloads.labels("ok" if ok else "error").inc()
@@ -146,7 +145,9 @@ class NvmlCollector(Collector):
 
                 pynvml.nvmlInit()
                 self._nvml = pynvml
-            except Exception as exc:  # no driver / no library: no GPU series, by design
+            except Exception as exc:  # noqa: BLE001 - NVML is optional; any failure to load it means "no GPU"
+                # ImportError without the library, pynvml.NVMLError without a driver (a class that
+                # exists only once the import worked): no GPU series, by design.
                 self._failed = True
                 log.info("NVML unavailable, no GPU metrics: %s", exc)
         return self._nvml
@@ -170,10 +171,11 @@ class NvmlCollector(Collector):
                 used.add_metric(labels, float(memory.used))
                 total.add_metric(labels, float(memory.total))
                 try:
-                    util.add_metric(labels, nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0)
-                except Exception:  # some GPUs (MIG slices) do not report utilisation
-                    pass
-        except Exception as exc:
+                    utilisation = nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0
+                except Exception:  # noqa: BLE001 - some GPUs (MIG slices) do not report utilisation
+                    continue
+                util.add_metric(labels, utilisation)
+        except Exception as exc:  # noqa: BLE001 - any NVML failure drops the GPU series, never the scrape
             log.warning("reading NVML failed: %s", exc)
             return
         yield used

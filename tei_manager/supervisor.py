@@ -24,6 +24,7 @@ survives the supervisor and is the same whoever reads it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -197,7 +198,7 @@ class Supervisor:
                 self.tick()
             except BackendError as exc:
                 self._emit("*", "restart-failed", f"probe round failed: {exc.render()}")
-            except Exception as exc:  # an engine hiccup (connection reset) must not end supervision
+            except Exception as exc:  # noqa: BLE001 - an engine hiccup (connection reset) must not end supervision
                 self._emit("*", "restart-failed", f"probe round failed: {type(exc).__name__}: {exc}")
             stop.wait(interval_s)
 
@@ -251,7 +252,5 @@ def reap_children() -> None:
         if child is not None:
             child.poll()
             continue
-        try:
+        with contextlib.suppress(ChildProcessError):  # already reaped by someone else
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass

@@ -184,7 +184,9 @@ def split_inputs(upstream_path: str, body: Any, size: int) -> list[tuple[bytes, 
     if not isinstance(inputs, list) or input_count(inputs) <= size:
         return None
     count_inputs(upstream_path, body)  # the shape check
-    return [(orjson.dumps({**body, field: chunk}), _permits(upstream_path, len(chunk))) for chunk in _chunks(inputs, size)]
+    return [
+        (orjson.dumps({**body, field: chunk}), _permits(upstream_path, len(chunk))) for chunk in _chunks(inputs, size)
+    ]
 
 
 def merge_arrays(bodies: list[bytes], size: int) -> bytes:

@@ -45,7 +45,7 @@ class RestartFeed:
     async def poll(self) -> None:
         try:
             events = await asyncio.to_thread(read_events, self.profile, since=self._since)
-        except Exception as exc:  # an unreadable log must not take the gateway down
+        except Exception as exc:  # noqa: BLE001 - an unreadable or malformed log must not take the gateway down
             log.debug("cannot read the supervisor's events: %s", exc)
             return
         self.consume(events)

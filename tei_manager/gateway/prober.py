@@ -45,7 +45,7 @@ class Prober:
     async def probe_all(self) -> None:
         urls = sorted(set(self._urls()))
         results = await asyncio.gather(*(probe(self._pool, u, self.timeout_s) for u in urls))
-        for url, ok in zip(urls, results):
+        for url, ok in zip(urls, results, strict=True):  # gather answers one result per url
             self._on_result(url, ok)
 
     async def _run(self) -> None:

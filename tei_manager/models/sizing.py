@@ -239,8 +239,11 @@ class HubModelFiles:
     def read_range(self, name: str, start: int, length: int) -> bytes:
         response = self._get(name, {"range": f"bytes={start}-{start + length - 1}"})
         if response is None:
-            raise SizingError(f"has no {name}", where=self.where,
-                              fix="fallback and TEI need safetensors weights, or give the model's numbers in the profile")
+            raise SizingError(
+                f"has no {name}",
+                where=self.where,
+                fix="fallback and TEI need safetensors weights, or give the model's numbers in the profile",
+            )
         if response.status_code == 206:
             return response.content
         return response.content[start : start + length]  # a server without ranges sent the whole file
