@@ -230,6 +230,10 @@ class Gateway:
             if not isinstance(exc, BODY_ERRORS):  # a broken body is the client's mistake, not a refusal
                 self.metrics.rejected(tenant=tenant_label, model=model_label, reason=exc.reason)
             response = exc.response()
+            if isinstance(exc, (BodyTimedOut, PayloadTooLarge)):
+                # The rest of the body was never read: close, or uvicorn keeps the socket (and its
+                # slow or endless sender) until its keep-alive timer runs out.
+                response.headers["connection"] = "close"
         except Exception:  # never a stack trace to the client
             log.exception("gateway error on %s", endpoint.path)
             response = error_response(500, "Backend", "internal gateway error; see the gateway log")

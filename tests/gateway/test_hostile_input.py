@@ -156,5 +156,14 @@ def test_slow_bodies_are_cut_off(server: GatewayThread, monkeypatch: pytest.Monk
                   "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{").encode())
     sock.settimeout(5)
     answer = sock.recv(4096)
-    sock.close()
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    # ... and the connection goes with it at once (not a header deadline later: 1 s here, 10 s in
+    # `serve`), so a slow sender does not keep its socket.
+    assert b"connection: close" in answer.lower()
+    sock.settimeout(0.5)
+    try:
+        sock.sendall(b"a")
+        assert sock.recv(4096) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    sock.close()
