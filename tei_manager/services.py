@@ -194,6 +194,8 @@ def live_plan(path: str | Path, target: Target, facts: HostFacts | None = None) 
     hold (`port: auto` skips them but never moves our own instances) and our own pids (their VRAM
     is not someone else's)."""
     profile = load(path)
+    if target.entry.plan is not None:  # a cluster: the profile describes where instances run
+        return target.entry.plan(profile, str(path))
     facts = facts or probe()
     ours = target.backend.list(profile.name)
     own_ports = {o.port for o in ours if o.port is not None}
