@@ -17,7 +17,7 @@ from tei_manager.cli.app import main
 from tei_manager.errors import OvercommitError, PlanError
 from tei_manager.export.cluster import mig_slices
 from tei_manager.export.writer import build, to_yaml
-from tests.kubernetes.manifests import K8S_VERSIONS, ROOT, validate_custom
+from k8s_manifests import K8S_VERSIONS, ROOT, validate_custom
 
 A100_80 = {"product": "NVIDIA-A100-SXM4-80GB", "memory": "81920MiB", "compute_capability": "8.0"}
 

@@ -15,7 +15,7 @@ import yaml
 
 from tei_manager.cli.app import main
 from tei_manager.export.writer import DEFAULT_ALERTS
-from tests.kubernetes.manifests import K8S_VERSIONS, PROFILES, is_custom, rendered, validate_custom
+from k8s_manifests import K8S_VERSIONS, PROFILES, is_custom, rendered, validate_custom
 
 IDS = [p.stem for p in PROFILES]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tei_manager.cli.app import main
-from tests.kubernetes.manifests import ROOT, SEED_PROFILES
+from k8s_manifests import ROOT, SEED_PROFILES
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("TEI_MANAGER_REGEN_GOLDEN") == "1"
