@@ -198,88 +198,6 @@ class GpuPlacement(Strict):
 Placement = Union[Literal["cpu", "shared"], GpuPlacement]
 
 
-class Deployment(Strict):
-    """One tenant's use of one model: becomes `replicas` instances."""
-
-    name: str | None = Field(None, description="Instance name prefix; default `<tenant>-<model key>`.")
-    tenant: str = Field(description="Owning tenant (a key of `tenants`).")
-    model: str = Field(description="A key of `models`.")
-    shared: bool = Field(False, description="Reachable through the gateway by every tenant, not only the owner.")
-    placement: Placement = Field("shared", description="cpu, shared, {gpu: 0} or {gpu: [0, 1]}.")
-    replicas: int = Field(1, ge=1, description="Instances of this deployment; the gateway balances over them.")
-    runtime: RuntimeChoice = Field("auto", description="tei, fallback, or auto (tei where it can run).")
-    rerank_mode: Literal["cross-encoder", "bi-encoder"] | None = Field(
-        None, description="bi-encoder serves /rerank from an embedding model (fallback runtime only)."
-    )
-    port: int | Literal["auto"] = Field("auto", description="Host port of the first replica; the next ones follow.")
-    bind: str | None = Field(None, description="Host address to publish on; default the profile's `bind`.")
-    tuning: Tuning = Field(default_factory=Tuning, description="Batching and admission flags of the runtime.")
-    limits: Limits = Field(default_factory=Limits, description="Host memory and CPU limits of each instance.")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the runtime.")
-    autoscaling: Autoscaling | None = Field(
-        None, description="Kubernetes only: scale between min and max replicas on TEI's queue size."
-    )
-    mig_profile: str | None = Field(
-        None, description="Kubernetes with gpu_sharing: mig: the MIG slice each pod gets, e.g. 3g.40gb."
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _dns_safe(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,46}[a-z0-9])?", value):
-            raise ValueError("use lowercase letters, digits and dashes (a container name), at most 48 characters")
-        return value
-
-    @field_validator("runtime")
-    @classmethod
-    def _known_runtime(cls, value: str) -> str:
-        # The registry is pure (no I/O); imported here because runtimes import this module.
-        from tei_manager.runtimes.registry import runtime_names
-
-        names = runtime_names()
-        if value != "auto" and value not in names:
-            raise ValueError(f"unknown runtime {value!r}; use auto or one of {', '.join(names)}")
-        return value
-
-    @field_validator("port")
-    @classmethod
-    def _port_range(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 1 <= value <= 65535:
-            raise ValueError("ports are 1-65535")
-        return value
-
-    @property
-    def instance_prefix(self) -> str:
-        return self.name or f"{self.tenant}-{self.model}"
-
-
-class TeiImage(Strict):
-    """Which TEI image family and version to run; the planner adds the per-architecture prefix."""
-
-    repository: str = Field(DEFAULT_TEI_IMAGE_REPO, description="Image repository (a mirror of TEI's, for example).")
-    version: str = Field(DEFAULT_TEI_VERSION, description="Pinned tag version, e.g. 1.9.4 (never `latest`).")
-    variant: Literal["per-arch", "cuda"] = Field(
-        "per-arch",
-        description="per-arch: the image built for each GPU's compute capability; cuda: TEI's multi-arch "
-        "`cuda-<version>` image, whose entrypoint picks the binary for the GPU (x86_64 only).",
-    )
-
-    @field_validator("version")
-    @classmethod
-    def _pinned(cls, value: str) -> str:
-        if value in {"latest", ""}:
-            raise ValueError("pin a version such as 1.9.4; `latest` changes under you")
-        return value
-
-
-class GatewaySettings(Strict):
-    """Where `tei-manager serve` listens."""
-
-    bind: str = Field(DEFAULT_BIND, description="Address the gateway listens on.")
-    port: int = Field(8080, ge=1, le=65535, description="Port the gateway listens on; no instance may use it.")
-    upstream_timeout_s: float = Field(60.0, gt=0, description="Longest wait for an instance's answer.")
-
-
 # --- Kubernetes (`tei-manager export kubernetes`, `--backend kubernetes`) ---------------------------------
 
 #: How instances that the plan puts on one GPU share it in a cluster.
@@ -386,6 +304,88 @@ class KubernetesSettings(Strict):
         if value is not None and not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", value):
             raise ValueError("use lowercase letters, digits and dashes (a Kubernetes name), at most 63 characters")
         return value
+
+
+class Deployment(Strict):
+    """One tenant's use of one model: becomes `replicas` instances."""
+
+    name: str | None = Field(None, description="Instance name prefix; default `<tenant>-<model key>`.")
+    tenant: str = Field(description="Owning tenant (a key of `tenants`).")
+    model: str = Field(description="A key of `models`.")
+    shared: bool = Field(False, description="Reachable through the gateway by every tenant, not only the owner.")
+    placement: Placement = Field("shared", description="cpu, shared, {gpu: 0} or {gpu: [0, 1]}.")
+    replicas: int = Field(1, ge=1, description="Instances of this deployment; the gateway balances over them.")
+    runtime: RuntimeChoice = Field("auto", description="tei, fallback, or auto (tei where it can run).")
+    rerank_mode: Literal["cross-encoder", "bi-encoder"] | None = Field(
+        None, description="bi-encoder serves /rerank from an embedding model (fallback runtime only)."
+    )
+    port: int | Literal["auto"] = Field("auto", description="Host port of the first replica; the next ones follow.")
+    bind: str | None = Field(None, description="Host address to publish on; default the profile's `bind`.")
+    tuning: Tuning = Field(default_factory=Tuning, description="Batching and admission flags of the runtime.")
+    limits: Limits = Field(default_factory=Limits, description="Host memory and CPU limits of each instance.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the runtime.")
+    autoscaling: Autoscaling | None = Field(
+        None, description="Kubernetes only: scale between min and max replicas on TEI's queue size."
+    )
+    mig_profile: str | None = Field(
+        None, description="Kubernetes with gpu_sharing: mig: the MIG slice each pod gets, e.g. 3g.40gb."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _dns_safe(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,46}[a-z0-9])?", value):
+            raise ValueError("use lowercase letters, digits and dashes (a container name), at most 48 characters")
+        return value
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        # The registry is pure (no I/O); imported here because runtimes import this module.
+        from tei_manager.runtimes.registry import runtime_names
+
+        names = runtime_names()
+        if value != "auto" and value not in names:
+            raise ValueError(f"unknown runtime {value!r}; use auto or one of {', '.join(names)}")
+        return value
+
+    @field_validator("port")
+    @classmethod
+    def _port_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 65535:
+            raise ValueError("ports are 1-65535")
+        return value
+
+    @property
+    def instance_prefix(self) -> str:
+        return self.name or f"{self.tenant}-{self.model}"
+
+
+class TeiImage(Strict):
+    """Which TEI image family and version to run; the planner adds the per-architecture prefix."""
+
+    repository: str = Field(DEFAULT_TEI_IMAGE_REPO, description="Image repository (a mirror of TEI's, for example).")
+    version: str = Field(DEFAULT_TEI_VERSION, description="Pinned tag version, e.g. 1.9.4 (never `latest`).")
+    variant: Literal["per-arch", "cuda"] = Field(
+        "per-arch",
+        description="per-arch: the image built for each GPU's compute capability; cuda: TEI's multi-arch "
+        "`cuda-<version>` image, whose entrypoint picks the binary for the GPU (x86_64 only).",
+    )
+
+    @field_validator("version")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        if value in {"latest", ""}:
+            raise ValueError("pin a version such as 1.9.4; `latest` changes under you")
+        return value
+
+
+class GatewaySettings(Strict):
+    """Where `tei-manager serve` listens."""
+
+    bind: str = Field(DEFAULT_BIND, description="Address the gateway listens on.")
+    port: int = Field(8080, ge=1, le=65535, description="Port the gateway listens on; no instance may use it.")
+    upstream_timeout_s: float = Field(60.0, gt=0, description="Longest wait for an instance's answer.")
 
 
 class Profile(Strict):
