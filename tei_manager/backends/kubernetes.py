@@ -24,6 +24,7 @@ renders, custom resources included, goes through one small table.
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +32,13 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote, urlencode
 
-from tei_manager.backends.base import Backend, BackendEntry, BackendOption, Options, ProgressFn
+from tei_manager.backends.base import (
+    Backend,
+    BackendEntry,
+    BackendOption,
+    Options,
+    ProgressFn,
+)
 from tei_manager.core.capabilities import Capabilities
 from tei_manager.core.diff import Action, ObservedInstance, RunState
 from tei_manager.core.facts import HostFacts
@@ -39,7 +46,13 @@ from tei_manager.core.models import Profile
 from tei_manager.core.plan import InstancePlan, Plan
 from tei_manager.errors import ApplyError, BackendError, HostError
 from tei_manager.export.cluster import CAPABILITIES, plan_for_cluster
-from tei_manager.export.kubernetes import GPU_ANNOTATION, PLAN_ANNOTATION, SPEC_HASH, Manifest, profile_selector
+from tei_manager.export.kubernetes import (
+    GPU_ANNOTATION,
+    PLAN_ANNOTATION,
+    SPEC_HASH,
+    Manifest,
+    profile_selector,
+)
 
 FIELD_MANAGER = "tei-manager"
 POLL_S = 2.0
@@ -78,7 +91,7 @@ def object_path(kind: str, name: str | None = None, namespace: str | None = None
 class Converging(Protocol):
     """Optional: the engine converges a whole Plan itself (apply does not drive it step by step)."""
 
-    def converge(self, plan: Plan, *, timeout_s: float, on_event: Callable[[object], None] | None = None
+    def converge(self, plan: Plan, *, timeout_s: float, on_event: Callable[[Any], None] | None = None
                  ) -> tuple[Action, ...]:
         """Apply the plan, health-gated, rolled back on failure; the actions taken."""
 
@@ -183,7 +196,7 @@ class KubernetesBackend(Backend):
                                fix="apply a profile file: tei-manager apply PROFILE.yaml --backend kubernetes")
         return build(plan.source)[1]
 
-    def converge(self, plan: Plan, *, timeout_s: float, on_event: Callable[[object], None] | None = None
+    def converge(self, plan: Plan, *, timeout_s: float, on_event: Callable[[Any], None] | None = None
                  ) -> tuple[Action, ...]:
         from tei_manager.orchestrator import InstanceStep, RollingBack
 
@@ -321,8 +334,8 @@ class KubernetesBackend(Backend):
         """Delete every object of the instance's profile by label selector (idempotent)."""
         self.delete_profile(obs.profile)
 
-    def delete_profile(self, profile: str) -> list[str]:
-        deleted = []
+    def delete_profile(self, profile: str) -> builtins.list[str]:
+        deleted: builtins.list[str] = []
         for kind in KINDS:
             if kind in KEPT_BY_DOWN or kind in OWNED:
                 continue
@@ -428,11 +441,11 @@ def open_backend(options: Options) -> KubernetesBackend:
     context = options.get("kube_context")
     try:
         if context is None and _in_cluster():
-            config.load_incluster_config()
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
             configuration = client.Configuration.get_default_copy()
         else:
             configuration = client.Configuration()
-            config.load_kube_config(context=context, client_configuration=configuration)
+            config.load_kube_config(context=context, client_configuration=configuration)  # type: ignore[no-untyped-call]
     except Exception as exc:  # noqa: BLE001 - missing kubeconfig, unknown context: one clear message
         raise HostError(f"no Kubernetes cluster configured ({exc})", where="--kube-context",
                         fix="set KUBECONFIG or ~/.kube/config, or name a context with --kube-context") from None

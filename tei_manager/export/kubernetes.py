@@ -22,7 +22,12 @@ from typing import Any
 
 from tei_manager.backends.labels import redacted_plan
 from tei_manager.core.models import KubernetesSettings, Profile
-from tei_manager.core.plan import CONTAINER_HF_CACHE, CONTAINER_MODEL_DIR, CONTAINER_PORT, InstancePlan
+from tei_manager.core.plan import (
+    CONTAINER_HF_CACHE,
+    CONTAINER_MODEL_DIR,
+    CONTAINER_PORT,
+    InstancePlan,
+)
 from tei_manager.export.cluster import ClusterDeployment, ClusterPlan, dns_name
 from tei_manager.runtimes.registry import get_runtime
 

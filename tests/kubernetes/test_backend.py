@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from k8s_apiserver import FakeApiServer, running
+from k8s_manifests import ROOT
 from kubernetes import client
 
 from tei_manager.backends.kubernetes import KubernetesBackend, plan, rollout_pending
@@ -18,8 +20,6 @@ from tei_manager.errors import ApplyError
 from tei_manager.export.writer import build
 from tei_manager.orchestrator import apply, down, status
 from tei_manager.profiles import load_profile
-from k8s_apiserver import FakeApiServer, running
-from k8s_manifests import ROOT
 
 PROFILE = ROOT / "profiles" / "l20-shared.yaml"
 

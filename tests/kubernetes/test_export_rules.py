@@ -12,12 +12,12 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from k8s_manifests import K8S_VERSIONS, ROOT, validate_custom
 
 from tei_manager.cli.app import main
 from tei_manager.errors import OvercommitError, PlanError
 from tei_manager.export.cluster import mig_slices
 from tei_manager.export.writer import build, to_yaml
-from k8s_manifests import K8S_VERSIONS, ROOT, validate_custom
 
 A100_80 = {"product": "NVIDIA-A100-SXM4-80GB", "memory": "81920MiB", "compute_capability": "8.0"}
 

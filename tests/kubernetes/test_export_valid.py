@@ -12,10 +12,10 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from k8s_manifests import K8S_VERSIONS, PROFILES, is_custom, rendered, validate_custom
 
 from tei_manager.cli.app import main
 from tei_manager.export.writer import DEFAULT_ALERTS
-from k8s_manifests import K8S_VERSIONS, PROFILES, is_custom, rendered, validate_custom
 
 IDS = [p.stem for p in PROFILES]
 

@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from k8s_manifests import ROOT, SEED_PROFILES
 
 from tei_manager.cli.app import main
-from k8s_manifests import ROOT, SEED_PROFILES
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("TEI_MANAGER_REGEN_GOLDEN") == "1"
