@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -66,8 +67,6 @@ KINDS: dict[str, tuple[str, str, bool]] = {
     "Service": ("/api/v1", "services", True),
     "Deployment": ("/apis/apps/v1", "deployments", True),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets", True),
-    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
-    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies", True),
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers", True),
     "ServiceMonitor": ("/apis/monitoring.coreos.com/v1", "servicemonitors", True),
@@ -198,7 +197,7 @@ class KubernetesBackend(Backend):
 
     def converge(self, plan: Plan, *, timeout_s: float, on_event: Callable[[Any], None] | None = None
                  ) -> tuple[Action, ...]:
-        from tei_manager.orchestrator import InstanceStep, RollingBack
+        from tei_manager.orchestrator import ActionsPlanned, InstanceStep, RollingBack
 
         emit = on_event or (lambda _event: None)
         manifests = self.render(plan)
@@ -209,14 +208,14 @@ class KubernetesBackend(Backend):
                    if m["kind"] != "Deployment" and self._get(m["kind"], m["metadata"]["name"],
                                                                 m["metadata"].get("namespace")) is not None}
         actions = tuple(self._action(m, previous[m["metadata"]["name"]], plan) for m in deployments)
-        applied: list[Manifest] = []
+        emit(ActionsPlanned(plan.profile, actions))
         try:
             for manifest in manifests:
-                applied.append(self.apply_object(manifest))
+                self.apply_object(manifest)
                 emit(InstanceStep(manifest["metadata"]["name"], "applied", manifest["kind"]))
-            deadline = self._clock() + timeout_s
+            started = self._clock()
             for manifest in deployments:
-                self._wait_rolled_out(manifest, deadline)
+                self._wait_rolled_out(manifest, started, timeout_s, emit)
                 emit(InstanceStep(manifest["metadata"]["name"], "healthy", "rollout complete, pods ready"))
         except BackendError as exc:
             emit(RollingBack(exc.what))
@@ -240,14 +239,19 @@ class KubernetesBackend(Backend):
             (manifest["metadata"].get("annotations") or {}).get(SPEC_HASH)
         return Action("keep" if same else "replace", name, desired=desired)
 
-    def _wait_rolled_out(self, manifest: Manifest, deadline: float) -> None:
+    def _wait_rolled_out(self, manifest: Manifest, started: float, timeout_s: float,
+                         emit: Callable[[Any], None]) -> None:
+        from tei_manager.orchestrator import WaitingHealthy
+
         meta = manifest["metadata"]
         while True:
             current = self._get("Deployment", meta["name"], meta["namespace"]) or {}
             why = rollout_pending(current)
             if why is None:
                 return
-            if self._clock() >= deadline:
+            elapsed = self._clock() - started
+            emit(WaitingHealthy(meta["name"], elapsed, timeout_s, probe="rollout", last_log=why))
+            if elapsed >= timeout_s:
                 detail = self._pod_problems(current)
                 raise BackendError(f"Deployment {meta['name']} did not become ready: {why}"
                                    + (f"; {detail}" if detail else ""), where=meta["name"],
@@ -445,7 +449,9 @@ def open_backend(options: Options) -> KubernetesBackend:
             configuration = client.Configuration.get_default_copy()
         else:
             configuration = client.Configuration()
-            config.load_kube_config(context=context, client_configuration=configuration)  # type: ignore[no-untyped-call]
+            # KUBECONFIG read now, not when the client was imported (it may have changed since).
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), context=context,  # type: ignore[no-untyped-call]
+                                    client_configuration=configuration)
     except Exception as exc:  # noqa: BLE001 - missing kubeconfig, unknown context: one clear message
         raise HostError(f"no Kubernetes cluster configured ({exc})", where="--kube-context",
                         fix="set KUBECONFIG or ~/.kube/config, or name a context with --kube-context") from None
@@ -453,8 +459,6 @@ def open_backend(options: Options) -> KubernetesBackend:
 
 
 def _in_cluster() -> bool:
-    import os
-
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
 
 

@@ -6,7 +6,7 @@ Kubernetes backend applies exactly the same list (tei_manager.backends.kubernete
 
 Per profile deployment: a Deployment, a Service and a PodDisruptionBudget (plus a KEDA
 ScaledObject or an HPA when it autoscales).  Shared: the model cache claim, the gateway
-(Deployment, Service, PDB, ConfigMap with the profile, ServiceAccount + read-only Role), a
+(Deployment, Service, PDB, ConfigMap with the profile, ServiceAccount), a
 NetworkPolicy that lets only the gateway and Prometheus reach the instances, a ServiceMonitor
 per component and a PrometheusRule with the alerts of deploy/prometheus/alerts.yml.
 
@@ -316,8 +316,8 @@ def _gateway_objects(profile: Profile, cluster: ClusterPlan, profile_text: str) 
         "ports": [{"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
         "volumeMounts": mounts,
-        "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 20, "failureThreshold": 3},
+        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 20, "failureThreshold": 3},
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(ENDPOINT_DELAY_S)]}}},
         "securityContext": _container_security(),
     }
@@ -334,14 +334,9 @@ def _gateway_objects(profile: Profile, cluster: ClusterPlan, profile_text: str) 
     return [
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(f"{name}-profile", ns, labels),
          "data": {"profile.yaml": profile_text}},
+        # Its own identity with no rights: `serve --backend kubernetes` plans from the profile alone,
+        # the client only needs the mounted service account to start.
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(name, ns, labels)},
-        # The gateway plans with `--backend kubernetes`: it reads (never changes) the profile's objects.
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(name, ns, labels),
-         "rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]},
-                   {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _meta(name, ns, labels),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}]},
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, ns, labels),
          "spec": {"replicas": kube.gateway_replicas, "selector": {"matchLabels": selector},
                   "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
