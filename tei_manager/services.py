@@ -123,7 +123,7 @@ def _choose(choice: str, facts: HostFacts, runs_profile: str | None,
     if choice != AUTO:
         entry = get_entry(choice)
         return entry, entry.open(options) if runs_profile is not None else None
-    candidates = [e for e in entries() if e.capabilities(facts).blocked is None]
+    candidates = [e for e in entries() if e.auto and e.capabilities(facts).blocked is None]
     if runs_profile is None:
         if not candidates:
             raise HostError("no backend can run instances on this host", where="--backend")
@@ -164,7 +164,7 @@ def open_readers(choice: str, options: Options | None = None) -> list[Backend]:
     choice = check_choice(choice)
     if choice != AUTO:
         return [get_entry(choice).open(options)]
-    found = [try_open(entry, options)[0] for entry in entries()]
+    found = [try_open(entry, options)[0] for entry in entries() if entry.auto]
     return [b for b in found if b is not None]
 
 
@@ -217,6 +217,9 @@ def plan_profile(path: str | Path, *, backend: str = AUTO, options: Options | No
     options = options or {}
     choice = check_choice(backend)
     profile = load(path)
+    remote = get_entry(choice).plan if choice != AUTO else None
+    if remote is not None and gpus is None and cpu_arch is None:  # a cluster: planned without opening it
+        return remote(profile, str(path))
     try:
         facts = host_facts(gpus, docker=docker, docker_url=probe_address(options))
         if cpu_arch is not None:

@@ -166,3 +166,6 @@ class BackendEntry:
     #: For engines whose instances run elsewhere (a cluster): the Plan for that place, from the
     #: profile and its path, instead of planning for this host.
     plan: Callable[[Profile, str | None], Plan] | None = None
+    #: Whether `--backend auto` considers it; a remote engine (a cluster) is only used when named,
+    #: so that no command reaches a cluster the user did not ask for.
+    auto: bool = True

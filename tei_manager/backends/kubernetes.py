@@ -483,4 +483,5 @@ ENTRY = BackendEntry(
                       "the context may list.", envvar="TEI_MANAGER_NAMESPACE"),
     ),
     plan=plan,
+    auto=False,  # only when named: `auto` never reaches a cluster from a kubeconfig lying around
 )

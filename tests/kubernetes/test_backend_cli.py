@@ -65,3 +65,21 @@ def test_no_cluster_configured_is_a_clear_error(tmp_path: Path, monkeypatch: pyt
     assert main(["status", "--backend", "kubernetes"]) != 0
     err = capsys.readouterr().err
     assert "no Kubernetes cluster configured" in err and "--kube-context" in err and "Traceback" not in err
+
+
+def test_backend_auto_never_reaches_a_cluster(kubeconfig: FakeApiServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """A kubeconfig lying around is not a request to use it: only `--backend kubernetes` does."""
+    main(["status", "--json"])
+    capsys.readouterr()
+    assert kubeconfig.requests == []
+
+
+def test_plan_for_the_cluster_needs_no_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.chdir(ROOT)
+    assert main(["plan", "profiles/l20-shared.yaml", "--backend", "kubernetes", "--json"]) == 0
+    plan = yaml.safe_load(capsys.readouterr().out)
+    assert plan["backend"] == "kubernetes"
+    assert [(i["bind"], i["host_port"]) for i in plan["instances"]] == [
+        ("bge-embedding.l20-shared.svc", 8080), ("bge-reranker.l20-shared.svc", 8080)]
