@@ -119,6 +119,7 @@ def plan_for_cluster(profile: Profile, *, source: str | None = None,
     """The Plan for the cluster, checked for what a cluster adds (see the module docstring)."""
     from tei_manager.core.planner import plan as make_plan
 
+    _refuse_credentials_in_env(profile)
     facts = cluster_facts(profile, gpus)
     try:
         plan = make_plan(profile, facts, source=source, capabilities=CAPABILITIES)
@@ -146,6 +147,23 @@ def in_cluster_addresses(plan: Plan, namespace: str) -> Plan:
     instances = tuple(i.model_copy(update={"bind": f"{i.deployment}.{namespace}.svc", "host_port": CONTAINER_PORT})
                       for i in plan.instances)
     return plan.model_copy(update={"instances": instances, "backend": CAPABILITIES.backend})
+
+
+_CREDENTIAL = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY|APIKEY|CREDENTIAL)", re.IGNORECASE)
+
+
+def _refuse_credentials_in_env(profile: Profile) -> None:
+    """A credential in a deployment's `env` would land in the pod spec and the gateway's ConfigMap."""
+    for i, dep in enumerate(profile.deployments):
+        for key in dep.env:
+            if _CREDENTIAL.search(key):
+                raise PlanError(
+                    f"{key} in the env of {dep.instance_prefix} looks like a credential; a cluster export would "
+                    "write it into the pod spec and the profile's ConfigMap",
+                    where=f"deployments[{i}].env.{key}",
+                    fix="remove it from the profile and name a Secret instead (kubernetes.hf_token_secret for "
+                    "HF_TOKEN)",
+                )
 
 
 def _deployment_names(plan: Plan) -> list[str]:

@@ -205,3 +205,23 @@ def test_state_annotations_carry_the_plan_without_secrets() -> None:
     assert plan["bind"] == "bge-embedding.l20-shared.svc" and plan["host_port"] == 8080
     assert annotations["tei-manager.io/spec-hash"] == dep["spec"]["template"]["metadata"]["annotations"][
         "tei-manager.io/spec-hash"]
+
+
+def test_a_credential_in_a_deployment_env_is_refused(tmp_path: Path) -> None:
+    def token(d: dict[str, Any]) -> None:
+        d["deployments"][0]["env"] = {"HF_TOKEN": "hf_plain_text_in_profile", "RUST_LOG": "info"}
+    path = variant(tmp_path, "l20-shared", token)
+    with pytest.raises(PlanError) as err:
+        build(path)
+    assert err.value.where == "deployments[0].env.HF_TOKEN" and "hf_token_secret" in (err.value.fix or "")
+    assert "hf_plain_text_in_profile" not in err.value.render()
+
+
+def test_export_again_removes_objects_the_profile_no_longer_has(tmp_path: Path) -> None:
+    out = tmp_path / "k8s"
+    assert main(["export", "kubernetes", str(ROOT / "profiles" / "l20-shared.yaml"), "-o", str(out)]) == 0
+    (out / "notes.txt").write_text("mine")
+    path = variant(tmp_path, "l20-shared", lambda d: d.update(deployments=d["deployments"][:1]))
+    assert main(["export", "kubernetes", str(path), "-o", str(out)]) == 0
+    assert not (out / "deployment-bge-reranker.yaml").exists() and (out / "deployment-bge-embedding.yaml").exists()
+    assert (out / "notes.txt").read_text() == "mine"
