@@ -120,3 +120,16 @@ def test_rollout_pending_reads_like_kubectl() -> None:
     assert rollout_pending(dep) is None
     dep["metadata"]["generation"] = 3
     assert rollout_pending(dep) == "the controller has not seen the new spec yet"
+
+
+def test_apply_deletes_deployments_the_profile_no_longer_has(cluster, tmp_path: Path) -> None:
+    server, backend = cluster
+    apply(cluster_plan(), backend, timeout_s=30)
+    smaller = tmp_path / "l20-shared.yaml"
+    text = PROFILE.read_text()
+    smaller.write_text(text[: text.index("  - name: bge-reranker")] + text[text.index("gateway:"):])
+    apply(cluster_plan(smaller), backend, timeout_s=30)
+    names = {(kind, name) for (kind, _, name) in server.objects}
+    assert ("Deployment", "bge-embedding") in names
+    assert not {("Deployment", "bge-reranker"), ("Service", "bge-reranker"),
+                ("PodDisruptionBudget", "bge-reranker")} & names

@@ -83,3 +83,17 @@ def test_plan_for_the_cluster_needs_no_cluster(tmp_path: Path, monkeypatch: pyte
     assert plan["backend"] == "kubernetes"
     assert [(i["bind"], i["host_port"]) for i in plan["instances"]] == [
         ("bge-embedding.l20-shared.svc", 8080), ("bge-reranker.l20-shared.svc", 8080)]
+
+
+def test_the_gateway_in_the_cluster_routes_to_the_services(kubeconfig: FakeApiServer,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the gateway pod runs: `serve --backend kubernetes` plans from the profile (no API call)
+    and reaches each deployment through its Service."""
+    from tei_manager.cli.serve_cmd import load_for_gateway
+    from tei_manager.gateway.config import routes_from_plan
+
+    monkeypatch.setenv("TEI_API_KEY", "k-test")
+    _profile, plan, keys = load_for_gateway(ROOT / "profiles" / "l20-shared.yaml", "kubernetes", {})
+    replicas = sorted(url for route in routes_from_plan(plan) for url in route.replicas)
+    assert replicas == ["http://bge-embedding.l20-shared.svc:8080", "http://bge-reranker.l20-shared.svc:8080"]
+    assert kubeconfig.requests == []
