@@ -96,4 +96,5 @@ def test_the_gateway_in_the_cluster_routes_to_the_services(kubeconfig: FakeApiSe
     _profile, plan, keys = load_for_gateway(ROOT / "profiles" / "l20-shared.yaml", "kubernetes", {})
     replicas = sorted(url for route in routes_from_plan(plan) for url in route.replicas)
     assert replicas == ["http://bge-embedding.l20-shared.svc:8080", "http://bge-reranker.l20-shared.svc:8080"]
+    assert [list(k) for k in keys.values()] == [["k-test"]]  # from the env the Secret fills
     assert kubeconfig.requests == []
