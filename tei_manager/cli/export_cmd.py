@@ -7,6 +7,7 @@ command only chooses the inputs and writes the files.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -23,12 +24,13 @@ def register(app: typer.Typer) -> None:
 
     @export.command("kubernetes")
     def kubernetes(
-        profile: Path = typer.Argument(..., help="Profile YAML file."),
-        out: Path = typer.Option(..., "--output", "-o", help="Directory to write (created; kustomize-ready)."),
-        gpus: str | None = typer.Option(None, "--gpus", help=GPUS_HELP),
-        alerts: Path | None = typer.Option(None, "--alerts", help="Prometheus rules file for the PrometheusRule "
-                                           "(default: deploy/prometheus/alerts.yml)."),
-        no_alerts: bool = typer.Option(False, "--no-alerts", help="Render no PrometheusRule."),
+        profile: Annotated[Path, typer.Argument(help="Profile YAML file.")],
+        out: Annotated[Path, typer.Option("--output", "-o", help="Directory to write (created; kustomize-ready).")],
+        gpus: Annotated[str | None, typer.Option("--gpus", help=GPUS_HELP)] = None,
+        alerts: Annotated[Path | None, typer.Option(
+            "--alerts", help="Prometheus rules file for the PrometheusRule (default: deploy/prometheus/alerts.yml).",
+        )] = None,
+        no_alerts: Annotated[bool, typer.Option("--no-alerts", help="Render no PrometheusRule.")] = False,
     ) -> None:
         """Deployments, Services, PDBs, gateway, NetworkPolicy, monitoring and autoscaling for a cluster."""
         from tei_manager.core.facts import parse_gpu_specs

@@ -12,7 +12,14 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from k8s_manifests import K8S_VERSIONS, PROFILES, is_custom, rendered, validate_custom
+from k8s_manifests import (
+    K8S_VERSIONS,
+    PROFILES,
+    ROOT,
+    is_custom,
+    rendered,
+    validate_custom,
+)
 
 from tei_manager.cli.app import main
 from tei_manager.export.writer import DEFAULT_ALERTS
@@ -69,7 +76,7 @@ def test_prometheus_rule_carries_the_shipped_alerts() -> None:
 
 def test_export_writes_a_kustomize_directory(tmp_path: Path) -> None:
     out = tmp_path / "k8s"
-    assert main(["export", "kubernetes", "profiles/l20-shared.yaml", "-o", str(out)]) == 0
+    assert main(["export", "kubernetes", str(ROOT / "profiles" / "l20-shared.yaml"), "-o", str(out)]) == 0
     kustomization = yaml.safe_load((out / "kustomization.yaml").read_text())
     assert kustomization["namespace"] == "l20-shared"
     listed = set(kustomization["resources"])
