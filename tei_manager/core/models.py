@@ -289,6 +289,9 @@ class KubernetesSettings(Strict):
     prometheus_url: str = Field(
         "http://prometheus-operated.monitoring.svc:9090", description="Prometheus that KEDA queries."
     )
+    monitoring: bool = Field(
+        True, description="Render ServiceMonitors and a PrometheusRule (needs prometheus-operator's CRDs)."
+    )
     monitoring_namespace: str = Field("monitoring", description="Namespace of Prometheus (allowed to scrape).")
     run_as_user: int = Field(10001, ge=1, description="Non-root user id of every container.")
     drain_seconds: int = Field(

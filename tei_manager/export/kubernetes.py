@@ -428,5 +428,6 @@ def render(profile: Profile, cluster: ClusterPlan, *, profile_text: str,
         objects += _instance_objects(profile, cluster, dep)
     objects += _gateway_objects(profile, cluster, profile_text)
     objects.append(_network_policy(profile, cluster))
-    objects += _monitoring(profile, cluster, alert_groups)
+    if profile.kubernetes.monitoring:
+        objects += _monitoring(profile, cluster, alert_groups)
     return objects

@@ -225,3 +225,10 @@ def test_export_again_removes_objects_the_profile_no_longer_has(tmp_path: Path) 
     assert main(["export", "kubernetes", str(path), "-o", str(out)]) == 0
     assert not (out / "deployment-bge-reranker.yaml").exists() and (out / "deployment-bge-embedding.yaml").exists()
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_monitoring_objects_can_be_left_out(tmp_path: Path) -> None:
+    """Clusters without prometheus-operator: no ServiceMonitor or PrometheusRule to refuse."""
+    path = variant(tmp_path, "cpu-only", lambda d: d.update(kubernetes={"monitoring": False}))
+    kinds = {m["kind"] for m in build(path)[1]}
+    assert not kinds & {"ServiceMonitor", "PrometheusRule"} and "Deployment" in kinds
