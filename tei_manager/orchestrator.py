@@ -412,6 +412,13 @@ def apply(plan: Plan, backend: Backend, *, on_event: EventSink | None = None, ti
     `probe` answers /health and /info (HTTP by default); `clock` paces the health wait;
     `check_ports=False` skips the host port test (for backends whose instances do not listen
     on this host, such as the fake backend)."""
+    from tei_manager.backends.kubernetes import Converging
+
+    if isinstance(backend, Converging):  # a cluster converges whole profiles itself (health gate, rollback)
+        started = time.monotonic()
+        actions = backend.converge(plan, timeout_s=timeout_s, on_event=on_event)
+        return ApplyResult(plan.profile, actions, any(a.kind != "keep" for a in actions),
+                           time.monotonic() - started, tuple(status(backend, plan.profile, probe_health=False)))
     with _locked(plan.profile, "apply"):
         return _apply(plan, backend, on_event=on_event, timeout_s=timeout_s, stop_timeout_s=stop_timeout_s,
                       clock=clock or SystemClock(), probe=probe or HttpHealthProbe(), check_ports=check_ports)

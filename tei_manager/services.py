@@ -137,7 +137,7 @@ def _choose(choice: str, facts: HostFacts, runs_profile: str | None,
     if choice != AUTO:
         entry = get_entry(choice)
         return entry, entry.open(options) if runs_profile is not None else None
-    candidates = [e for e in entries() if e.capabilities(facts).blocked is None]
+    candidates = [e for e in entries() if e.auto and e.capabilities(facts).blocked is None]
     if runs_profile is None:
         if not candidates:
             raise HostError("no backend can run instances on this host", where="--backend")
@@ -179,7 +179,7 @@ def open_readers(choice: str, options: Options | None = None) -> list[Backend]:
     choice = check_choice(choice)
     if choice != AUTO:
         return [get_entry(choice).open(options)]
-    found = [try_open(entry, options)[0] for entry in entries()]
+    found = [try_open(entry, options)[0] for entry in entries() if entry.auto]
     return [b for b in found if b is not None]
 
 
@@ -209,6 +209,8 @@ def live_plan(path: str | Path, target: Target, facts: HostFacts | None = None) 
     hold (`port: auto` skips them but never moves our own instances) and our own pids (their VRAM
     is not someone else's)."""
     profile = load(path)
+    if target.entry.plan is not None:  # a cluster: the profile describes where instances run
+        return target.entry.plan(profile, str(path))
     facts = facts or probe()
     ours = target.backend.list(profile.name)
     own_ports = {o.port for o in ours if o.port is not None}
@@ -230,6 +232,9 @@ def plan_profile(path: str | Path, *, backend: str = AUTO, options: Options | No
     options = options or {}
     choice = check_choice(backend)
     profile = load(path)
+    remote = get_entry(choice).plan if choice != AUTO else None
+    if remote is not None and gpus is None and cpu_arch is None:  # a cluster: planned without opening it
+        return remote(profile, str(path))
     try:
         facts = host_facts(gpus, docker=docker, docker_url=probe_address(options))
         if cpu_arch is not None:

@@ -26,7 +26,8 @@ from typing import Any, Protocol, runtime_checkable
 from tei_manager.core.capabilities import Capabilities
 from tei_manager.core.diff import ObservedInstance
 from tei_manager.core.facts import HostFacts
-from tei_manager.core.plan import InstancePlan
+from tei_manager.core.models import Profile
+from tei_manager.core.plan import InstancePlan, Plan
 
 # Progress of a long preparation step (image pull): (message, done, total) with sizes in bytes
 # when known.
@@ -162,3 +163,9 @@ class BackendEntry:
     options: tuple[BackendOption, ...] = ()
     #: Option whose value the host probe needs (the engine's address), if any.
     probe_option: str | None = None
+    #: For engines whose instances run elsewhere (a cluster): the Plan for that place, from the
+    #: profile and its path, instead of planning for this host.
+    plan: Callable[[Profile, str | None], Plan] | None = None
+    #: Whether `--backend auto` considers it; a remote engine (a cluster) is only used when named,
+    #: so that no command reaches a cluster the user did not ask for.
+    auto: bool = True

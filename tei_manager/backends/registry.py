@@ -14,13 +14,13 @@ one, in `_ENTRIES` order, whose capabilities are not blocked on this host.
 
 from __future__ import annotations
 
-from tei_manager.backends import docker, process
+from tei_manager.backends import docker, kubernetes, process
 from tei_manager.backends.base import Backend, BackendEntry, BackendOption, Options
 from tei_manager.core.capabilities import Capabilities
 from tei_manager.core.facts import HostFacts
 from tei_manager.errors import HostError
 
-_ENTRIES: dict[str, BackendEntry] = {e.name: e for e in (docker.ENTRY, process.ENTRY)}
+_ENTRIES: dict[str, BackendEntry] = {e.name: e for e in (docker.ENTRY, process.ENTRY, kubernetes.ENTRY)}
 
 
 def register_backend(entry: BackendEntry) -> None:

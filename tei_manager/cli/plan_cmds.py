@@ -246,7 +246,8 @@ def schema_rows() -> list[tuple[str, list[tuple[str, str, str, str]]]]:
 
     out: list[tuple[str, list[tuple[str, str, str, str]]]] = []
     for cls in (m.Profile, m.ModelSpec, m.Tenant, m.SecretRef, m.Quota, m.Deployment, m.GpuPlacement,
-                m.Tuning, m.Limits, m.TeiImage, m.GatewaySettings):
+                m.Tuning, m.Limits, m.TeiImage, m.GatewaySettings, m.Autoscaling, m.KubernetesSettings,
+                m.KubernetesGpu, m.ModelCache):
         rows = []
         for name, info in cls.model_fields.items():
             if info.is_required():

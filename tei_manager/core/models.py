@@ -200,6 +200,117 @@ class GpuPlacement(Strict):
 Placement = Union[Literal["cpu", "shared"], GpuPlacement]
 
 
+# --- Kubernetes (`tei-manager export kubernetes`, `--backend kubernetes`) ---------------------------------
+
+#: How instances that the plan puts on one GPU share it in a cluster.
+GpuSharing = Literal["none", "time-slicing", "mig"]
+
+
+class KubernetesGpu(Strict):
+    """A GPU type of the cluster's nodes; `placement: {gpu: N}` means the N-th entry of `kubernetes.gpus`."""
+
+    product: str = Field(description="GPU Feature Discovery's `nvidia.com/gpu.product` label, e.g. NVIDIA-L20.")
+    memory: ByteSize = Field(description="Memory of one GPU, e.g. 46068MiB or 48g (the VRAM plan's budget).")
+    compute_capability: str = Field(description="major.minor, e.g. 8.9 (labels nvidia.com/gpu.compute.major/minor).")
+
+    @field_validator("compute_capability", mode="before")
+    @classmethod
+    def _major_minor(cls, value: object) -> object:
+        text = str(value)
+        if not re.fullmatch(r"\d+\.\d+", text):
+            raise ValueError("write the compute capability as major.minor, e.g. 8.9")
+        return text
+
+
+class ModelCache(Strict):
+    """Where instances keep downloaded models in a cluster (mounted at /data)."""
+
+    kind: Literal["pvc", "host-path", "existing-claim"] = Field(
+        "pvc", description="pvc: a claim the export creates; host-path: a node directory; existing-claim: yours."
+    )
+    size: ByteSize = Field(100 * 1024**3, description="Size of the claim the export creates (pvc).")
+    storage_class: str | None = Field(None, description="StorageClass of that claim; default the cluster's.")
+    access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = Field(
+        "ReadWriteMany", description="ReadWriteMany lets pods on every node share one cache."
+    )
+    path: str | None = Field(None, description="Node directory (host-path).")
+    claim: str | None = Field(None, description="Name of an existing PersistentVolumeClaim (existing-claim).")
+
+    @model_validator(mode="after")
+    def _needs(self) -> "ModelCache":
+        if self.kind == "host-path" and not (self.path and self.path.startswith("/")):
+            raise ValueError("kind host-path needs an absolute `path`")
+        if self.kind == "existing-claim" and not self.claim:
+            raise ValueError("kind existing-claim needs `claim` (the PersistentVolumeClaim's name)")
+        return self
+
+
+class Autoscaling(Strict):
+    """Scale a deployment on TEI's queue (te_queue_size); Kubernetes only (`export`, `--backend kubernetes`)."""
+
+    min_replicas: int = Field(1, ge=1, description="Fewest pods.")
+    max_replicas: int = Field(description="Most pods; each needs its GPU share, so size the node pool for it.")
+    queue_size: int = Field(32, ge=1, description="Target of queued requests per pod (te_queue_size) before scaling.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Autoscaling":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("max_replicas must be at least min_replicas")
+        return self
+
+
+class KubernetesSettings(Strict):
+    """How `export kubernetes` and `--backend kubernetes` render the profile for a cluster."""
+
+    namespace: str | None = Field(None, description="Namespace of every object; default the profile's name.")
+    gpus: list[KubernetesGpu] = Field(
+        default_factory=list, description="The GPU types placements refer to (index = `placement: {gpu: N}`)."
+    )
+    cpu_arch: Literal["amd64", "arm64"] = Field("amd64", description="Node CPU architecture (kubernetes.io/arch).")
+    gpu_sharing: GpuSharing = Field(
+        "none",
+        description="How deployments that the plan puts on one GPU share it: time-slicing (device plugin "
+        "replicas, no memory isolation) or mig (a MIG slice per deployment, `mig_profile`); none refuses sharing.",
+    )
+    time_slicing_replicas: int | None = Field(
+        None, ge=2, description="The device plugin's time-slicing replicas per GPU; default the most instances "
+        "the plan puts on one GPU.",
+    )
+    model_cache: ModelCache = Field(default_factory=ModelCache, description="Where downloaded models live.")
+    hf_token_secret: str | None = Field(None, description="Secret with key HF_TOKEN for gated models.")
+    tenant_keys_secret: str | None = Field(
+        None, description="Secret holding the tenants' API keys, one key per `env` name or file name; "
+        "default `<profile>-tenant-keys`.",
+    )
+    gateway_image: str = Field("tei-manager/tei-manager:0.1.0", description="Image with tei-manager installed.")
+    gateway_replicas: int = Field(2, ge=2, description="Gateway pods (at least 2, spread over nodes).")
+    autoscaler: Literal["keda", "hpa"] = Field(
+        "keda", description="keda: a ScaledObject with a Prometheus trigger; hpa: an HPA on a custom metric "
+        "(needs prometheus-adapter serving te_queue_size).",
+    )
+    prometheus_url: str = Field(
+        "http://prometheus-operated.monitoring.svc:9090", description="Prometheus that KEDA queries."
+    )
+    monitoring: bool = Field(
+        True, description="Render ServiceMonitors and a PrometheusRule (needs prometheus-operator's CRDs)."
+    )
+    monitoring_namespace: str = Field("monitoring", description="Namespace of Prometheus (allowed to scrape).")
+    run_as_user: int = Field(10001, ge=1, description="Non-root user id of every container.")
+    drain_seconds: int = Field(
+        30, ge=1, description="Grace after SIGTERM for batches in flight to finish (added to the endpoint delay)."
+    )
+    startup_seconds: int = Field(
+        1800, ge=60, description="Longest a pod may take to answer /health (a model download included)."
+    )
+
+    @field_validator("namespace", "hf_token_secret", "tenant_keys_secret")
+    @classmethod
+    def _dns_label(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", value):
+            raise ValueError("use lowercase letters, digits and dashes (a Kubernetes name), at most 63 characters")
+        return value
+
+
 class Deployment(Strict):
     """One tenant's use of one model: becomes `replicas` instances."""
 
@@ -220,6 +331,12 @@ class Deployment(Strict):
     tuning: Tuning = Field(default_factory=Tuning, description="Batching and admission flags of the runtime.")
     limits: Limits = Field(default_factory=Limits, description="Host memory and CPU limits of each instance.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the runtime.")
+    autoscaling: Autoscaling | None = Field(
+        None, description="Kubernetes only: scale between min and max replicas on TEI's queue size."
+    )
+    mig_profile: str | None = Field(
+        None, description="Kubernetes with gpu_sharing: mig: the MIG slice each pod gets, e.g. 3g.40gb."
+    )
 
     @field_validator("name")
     @classmethod
@@ -326,6 +443,9 @@ class Profile(Strict):
     tenants: dict[str, Tenant] = Field(default_factory=dict, description="Teams by name, with keys, priority, quota.")
     deployments: list[Deployment] = Field(description="Who runs which model where.")
     gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="Where `tei-manager serve` listens.")
+    kubernetes: KubernetesSettings = Field(
+        default_factory=KubernetesSettings, description="Cluster rendering (`export kubernetes`, `--backend kubernetes`)."
+    )
 
     @field_validator("name")
     @classmethod
