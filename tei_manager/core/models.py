@@ -237,7 +237,7 @@ class ModelCache(Strict):
     claim: str | None = Field(None, description="Name of an existing PersistentVolumeClaim (existing-claim).")
 
     @model_validator(mode="after")
-    def _needs(self) -> "ModelCache":
+    def _needs(self) -> ModelCache:
         if self.kind == "host-path" and not (self.path and self.path.startswith("/")):
             raise ValueError("kind host-path needs an absolute `path`")
         if self.kind == "existing-claim" and not self.claim:
@@ -253,7 +253,7 @@ class Autoscaling(Strict):
     queue_size: int = Field(32, ge=1, description="Target of queued requests per pod (te_queue_size) before scaling.")
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Autoscaling":
+    def _ordered(self) -> Autoscaling:
         if self.max_replicas < self.min_replicas:
             raise ValueError("max_replicas must be at least min_replicas")
         return self
@@ -444,7 +444,8 @@ class Profile(Strict):
     deployments: list[Deployment] = Field(description="Who runs which model where.")
     gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="Where `tei-manager serve` listens.")
     kubernetes: KubernetesSettings = Field(
-        default_factory=KubernetesSettings, description="Cluster rendering (`export kubernetes`, `--backend kubernetes`)."
+        default_factory=KubernetesSettings,
+        description="Cluster rendering (`export kubernetes`, `--backend kubernetes`).",
     )
 
     @field_validator("name")

@@ -223,7 +223,8 @@ def _check_mig(mig_profile: str | None, gpu: KubernetesGpu, inst: InstancePlan, 
     if need > slices[mig_profile]:
         bigger = [s for s, mib in slices.items() if mib >= need]
         raise OvercommitError(
-            f"{inst.deployment} needs about {need} MiB of VRAM but a {mig_profile} slice holds {slices[mig_profile]} MiB",
+            f"{inst.deployment} needs about {need} MiB of VRAM but a {mig_profile} slice holds "
+            f"{slices[mig_profile]} MiB",
             where=f"{where}.mig_profile",
             fix=(f"use a larger slice ({', '.join(bigger)})" if bigger else "use a whole GPU (gpu_sharing: none)")
             + " or lower tuning.max_batch_tokens",

@@ -84,7 +84,7 @@ def write_directory(manifests: Sequence[Manifest], out_dir: str | Path) -> list[
             if "/" not in stale:
                 (out / stale).unlink(missing_ok=True)
     written = []
-    for name, manifest in zip(names, manifests):
+    for name, manifest in zip(names, manifests, strict=True):
         (out / name).write_text(to_yaml(manifest))
         written.append(out / name)
     namespace = next((m["metadata"]["name"] for m in manifests if m["kind"] == "Namespace"), None)
