@@ -143,8 +143,12 @@ def plan_for_cluster(profile: Profile, *, source: str | None = None,
 
 def in_cluster_addresses(plan: Plan, namespace: str) -> Plan:
     """Each instance reached through its deployment's Service (the gateway's upstream addresses):
-    host ports mean nothing in a cluster; every pod listens on CONTAINER_PORT."""
-    instances = tuple(i.model_copy(update={"bind": f"{i.deployment}.{namespace}.svc", "host_port": CONTAINER_PORT})
+    host ports mean nothing in a cluster; every pod listens on CONTAINER_PORT.
+
+    No internal instance key either: on a host, any local process could reach an instance's port;
+    in the cluster the NetworkPolicy admits only the gateway (and Prometheus) to instance pods."""
+    instances = tuple(i.model_copy(update={"bind": f"{i.deployment}.{namespace}.svc", "host_port": CONTAINER_PORT,
+                                           "internal_auth": False})
                       for i in plan.instances)
     return plan.model_copy(update={"instances": instances, "backend": CAPABILITIES.backend})
 

@@ -147,6 +147,20 @@ def test_instances_accept_traffic_only_from_the_gateway_and_prometheus() -> None
     ]
 
 
+def test_pods_are_isolated_by_the_network_policy_not_by_a_host_key() -> None:
+    """The host's internal instance keys come from a secret file on the host: in a cluster the
+    NetworkPolicy above isolates instances, so no pod waits for a key nobody could present."""
+    planned = 0
+    for deployment in objects(ROOT / "profiles" / "multi-tenant.yaml", "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            assert "API_KEY" not in {e["name"] for e in container.get("env", [])}
+        plan = deployment["metadata"].get("annotations", {}).get("tei-manager.io/plan")
+        if plan is not None:
+            assert json.loads(plan)["internal_auth"] is False
+            planned += 1
+    assert planned >= 4  # every instance Deployment carries its plan
+
+
 def test_gateway_runs_at_least_two_replicas_with_the_profile() -> None:
     manifests = build(ROOT / "profiles" / "l20-shared.yaml")[1]
     gateway = next(m for m in manifests if m["kind"] == "Deployment" and m["metadata"]["name"] == "l20-shared-gateway")
