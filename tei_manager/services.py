@@ -20,6 +20,7 @@ from pathlib import Path
 from tei_manager.backends.base import Backend, BackendEntry, HostPids, Options, SlotRenaming
 from tei_manager.backends.registry import (
     all_options,
+    auto_backend_names,
     auto_capabilities,
     backend_names,
     entries,
@@ -40,6 +41,7 @@ __all__ = [
     "SlotRenaming",
     "Target",
     "all_options",
+    "auto_backend_names",
     "backend_names",
     "close_all",
     "live_plan",

@@ -35,6 +35,11 @@ def backend_names() -> tuple[str, ...]:
     return tuple(_ENTRIES)
 
 
+def auto_backend_names() -> tuple[str, ...]:
+    """The backends `--backend auto` tries, in order (a cluster is never chosen implicitly)."""
+    return tuple(name for name, entry in _ENTRIES.items() if entry.auto)
+
+
 def entries() -> tuple[BackendEntry, ...]:
     return tuple(_ENTRIES.values())
 

@@ -15,12 +15,12 @@ from typing import Any, Optional, TypeVar
 
 import typer
 
-from tei_manager.services import all_options, backend_names
+from tei_manager.services import all_options, auto_backend_names, backend_names
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 BACKEND_HELP = ("auto (the backend that already runs the profile, else the first that answers: "
-                + ", ".join(backend_names()) + ") or one of them.")
+                + ", ".join(auto_backend_names()) + ") or one of: " + ", ".join(backend_names()) + ".")
 
 
 def backend_choice(value: str) -> str:
