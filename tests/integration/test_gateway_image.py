@@ -209,3 +209,10 @@ def test_exported_gateway_container_serves_in_the_image(gateway_image: str, read
         assert not any(key in logs.stdout + logs.stderr for key in keys.values())
     finally:
         _docker("rm", "-f", name, check=False)
+
+
+def test_build_script_refuses_an_unknown_target() -> None:
+    proc = subprocess.run([str(REPO / "scripts/build-worker-image.sh"), "--target", "gatway"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert "unknown --target 'gatway'" in proc.stderr and "worker|gateway" in proc.stderr
