@@ -35,7 +35,7 @@ while (( $# )); do
     --force) FORCE=1 ;;
     --target) (( $# > 1 )) || die "--target needs a value ($usage)"; TARGET=$2; shift ;;
     --target=*) TARGET=${1#--target=} ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
     *) die "unknown argument '$1' ($usage)" ;;
   esac
   shift
