@@ -35,7 +35,7 @@ while (( $# )); do
     --force) FORCE=1 ;;
     --target) (( $# > 1 )) || die "--target needs a value ($usage)"; TARGET=$2; shift ;;
     --target=*) TARGET=${1#--target=} ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
     *) die "unknown argument '$1' ($usage)" ;;
   esac
   shift
@@ -174,9 +174,13 @@ if [[ -n "$old_id" && "$old_id" != "$image_id" ]]; then
   docker image rm "$old_id" >/dev/null 2>&1 || true  # still used by a container, or tagged elsewhere: leave it
 fi
 # Older bases go, unless an image is still built on them (another checkout's or virtual
-# environment's image: Docker refuses to remove a parent) or a container uses them.
+# environment's image) or a container uses them. Removed by ID, not by tag: Docker refuses to
+# delete the ID of a parent image but would untag it, and the other build would then lay out
+# and import its base all over again.
 for old in $(docker images "$BASE_REPO" --format '{{.Repository}}:{{.Tag}}'); do
-  [[ "$old" == "$base" ]] || docker image rm "$old" >/dev/null 2>&1 || true
+  [[ "$old" == "$base" ]] && continue
+  old_base_id=$(docker image inspect --format '{{.Id}}' "$old" 2>/dev/null) || continue
+  docker image rm "$old_base_id" >/dev/null 2>&1 || true
 done
 size=$(docker image inspect --format '{{.Size}}' "$TAG")
 log "built $TAG in $((SECONDS - start)) s ($PACKAGE layer and smoke test $((SECONDS - layer_start)) s), $((size / 1000000)) MB"
