@@ -216,3 +216,22 @@ def test_build_script_refuses_an_unknown_target() -> None:
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
     assert "unknown --target 'gatway'" in proc.stderr and "worker|gateway" in proc.stderr
+
+
+@pytest.mark.slow
+def test_gateway_rootfs_holds_the_gateway_libraries_and_no_worker(tmp_path: Path) -> None:
+    staging = tmp_path / "rootfs"
+    subprocess.run([sys.executable, str(REPO / "scripts/worker_rootfs.py"), "--target", "gateway", "layout",
+                    str(staging)], check=True, capture_output=True)
+    host = set(Path(f"{staging}.host.list").read_bytes().decode().split("\0"))
+    generated = set(Path(f"{staging}.staging.list").read_bytes().decode().split("\0"))
+    site = Path(__import__("sysconfig").get_paths()["purelib"]).relative_to("/").as_posix()
+
+    for needed in ("uvicorn/__init__.py", "starlette/__init__.py", "orjson", "kubernetes/__init__.py",
+                   "redis/__init__.py", "typer/__init__.py", "docker/__init__.py"):
+        assert f"{site}/{needed}" in host, needed
+    for unwanted in ("torch", "transformers", "fallback_worker", "textual", "pytest", "matplotlib", "tei_manager"):
+        assert f"{site}/{unwanted}" not in host, unwanted  # tei_manager/ is a layer of its own
+    assert {"usr/local/bin/tei-manager", "usr/local/bin/tei-manager-healthcheck"} <= generated
+    assert ":10001:10001:" in (staging / "etc/passwd").read_text()
+    assert (staging / "home/tei-manager").stat().st_uid == 10001
