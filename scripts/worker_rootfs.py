@@ -1,23 +1,31 @@
 #!/usr/bin/env python3
-"""Lay out the root filesystem of the local fallback-worker image from this host's Python.
+"""Lay out the root filesystem of a local image from this host's Python.
 
 Used by scripts/build-worker-image.sh; run it with the Python whose site-packages holds the
-project's `[worker]` extra (torch, transformers, ...). It never copies the big files itself:
+distributions the target needs. It never copies the big files itself:
 
-    worker_rootfs.py hash                 print the base image's hash, the final image's hash
-                                          (base + worker sources) and the site-packages path
-    worker_rootfs.py layout STAGING_DIR   write the small generated files under STAGING_DIR and
-                                          two NUL-separated lists for GNU tar:
-                                          STAGING_DIR.host.list (paths relative to /) and
-                                          STAGING_DIR.staging.list (paths relative to STAGING_DIR)
+    worker_rootfs.py [--target T] hash                 print the base image's hash, the final
+                                                       image's hash (base + package sources) and
+                                                       the site-packages path
+    worker_rootfs.py [--target T] layout STAGING_DIR   write the small generated files under
+                                                       STAGING_DIR and two NUL-separated lists for
+                                                       GNU tar: STAGING_DIR.host.list (paths
+                                                       relative to /) and STAGING_DIR.staging.list
+                                                       (paths relative to STAGING_DIR)
+
+Two targets (default `worker`), which differ only in what `TARGETS` below says:
+  worker   the fallback worker: the `[worker]` extra (torch, transformers, ...), `tei-fallback-worker`;
+  gateway  tei-manager itself (CLI and gateway): its dependencies plus the `[redis]` and
+           `[kubernetes]` extras a gateway in a cluster uses, `tei-manager`; no torch.
 
 What goes in: the Python prefix's interpreter and standard library (without its tests, IDLE,
-tkinter, headers and static library), the distributions the `[worker]` extra needs (closure of
-their requirements, read from the installed metadata), the shared libraries all of that links
-against (resolved with ldd), dash as /bin/sh, a `tei-fallback-worker` launcher, a health-check
-script, /etc/passwd with the unprivileged `worker` user (uid 10001), a writable HOME and /tmp.
-The repository's `fallback_worker` package is not part of it: build-worker-image.sh adds it as a
-thin layer on top, so a change to the worker's code rebuilds only that layer.
+tkinter, headers and static library), the distributions the target needs (closure of their
+requirements, read from the installed metadata), the shared libraries all of that links against
+(resolved with ldd), dash as /bin/sh, sleep (the Kubernetes manifests' preStop hook runs it), a
+launcher for the target's console script, a health-check script, /etc/passwd with an
+unprivileged user (uid 10001), a writable HOME and /tmp. The repository's package
+(`fallback_worker`, `tei_manager`) is not part of it: build-worker-image.sh adds it as a thin
+layer on top, so a change to the code rebuilds only that layer.
 """
 
 from __future__ import annotations
@@ -31,17 +39,43 @@ import subprocess
 import sys
 import sysconfig
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parent.parent
-WORKER_PACKAGE = "fallback_worker"
-WORKER_UID = 10001
-WORKER_HOME = "/home/worker"
+# The uid the exported Kubernetes manifests run every pod as (runAsUser), in both images.
+IMAGE_UID = 10001
 # Bump when the layout changes in a way the hashed inputs below do not show.
 LAYOUT_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One image built by this machinery: what it holds and how it starts."""
+
+    package: str  # the repository's package, added as a layer of its own on top of the base
+    script: str  # the console script (pyproject.toml's [project.scripts]) the image runs
+    extras: tuple[str, ...]  # pyproject.toml extras whose requirements go in
+    core: bool  # whether the project's own [project] dependencies go in too
+    healthcheck: str  # where docker/healthcheck.py goes in /usr/local/bin
+    user: str  # unprivileged user (uid IMAGE_UID) and the name of its HOME
+    title: str  # for /etc/os-release and /etc/passwd
+
+    @property
+    def home(self) -> str:
+        return f"/home/{self.user}"
+
+
+TARGETS = {
+    "worker": Target(package="fallback_worker", script="tei-fallback-worker", extras=("worker",), core=False,
+                     healthcheck="tei-worker-healthcheck", user="worker", title="fallback worker"),
+    "gateway": Target(package="tei_manager", script="tei-manager", extras=("redis", "kubernetes"), core=True,
+                      healthcheck="tei-manager-healthcheck", user="tei-manager", title="tei-manager gateway"),
+}
+TARGET = TARGETS["worker"]  # set by main() from --target
 
 PREFIX = Path(sys.base_prefix)
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -66,32 +100,35 @@ def fail(message: str) -> None:
 
 
 # ----------------------------------------------------------------------------- distributions
-def worker_requirements() -> list[Requirement]:
-    """The `[worker]` extra of pyproject.toml: the image holds what it needs and nothing else."""
+def target_requirements() -> list[Requirement]:
+    """The target's requirements in pyproject.toml: the image holds what they need and nothing else."""
     pyproject = REPO / "pyproject.toml"
     try:
-        data = tomllib.loads(pyproject.read_text())
-        return [Requirement(r) for r in data["project"]["optional-dependencies"]["worker"]]
+        project = tomllib.loads(pyproject.read_text())["project"]
+        names = list(project["dependencies"]) if TARGET.core else []
+        for extra in TARGET.extras:
+            names += project["optional-dependencies"][extra]
+        return [Requirement(r) for r in names]
     except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:
-        fail(f"cannot read the [worker] extra from {pyproject}: {exc}")
+        fail(f"cannot read the requirements of the {TARGET.package} image from {pyproject}: {exc}")
         raise  # unreachable
 
 
-def worker_entry_point() -> str:
-    """`module:function` of the `tei-fallback-worker` console script, as pyproject.toml declares it."""
+def target_entry_point() -> str:
+    """`module:function` of the target's console script, as pyproject.toml declares it."""
     data = tomllib.loads((REPO / "pyproject.toml").read_text())
     try:
-        return data["project"]["scripts"]["tei-fallback-worker"]
+        return data["project"]["scripts"][TARGET.script]
     except KeyError:
-        fail("pyproject.toml declares no [project.scripts] tei-fallback-worker entry point")
+        fail(f"pyproject.toml declares no [project.scripts] {TARGET.script} entry point")
         raise
 
 
 def distribution_closure() -> list[md.Distribution]:
-    """Installed distributions the worker extra needs, following requirements and their extras."""
+    """Installed distributions the target needs, following requirements and their extras."""
     seen: dict[str, md.Distribution] = {}
     done: set[tuple[str, str]] = set()
-    todo: list[tuple[Requirement, str]] = [(r, "") for r in worker_requirements()]
+    todo: list[tuple[Requirement, str]] = [(r, "") for r in target_requirements()]
     while todo:
         req, extra = todo.pop()
         if req.marker is not None and not req.marker.evaluate({"extra": extra}):
@@ -101,7 +138,7 @@ def distribution_closure() -> list[md.Distribution]:
             dist = md.distribution(req.name)
         except md.PackageNotFoundError:
             fail(
-                f"'{req}' (needed by the worker image) is not installed in {PREFIX}; "
+                f"'{req}' (needed by the {TARGET.package} image) is not installed in {PREFIX}; "
                 "run ./scripts/install.sh first"
             )
         seen[name] = dist
@@ -222,20 +259,20 @@ def with_link_chain(path: Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- hash
-def worker_sources() -> list[Path]:
-    pkg = REPO / WORKER_PACKAGE
+def package_sources() -> list[Path]:
+    pkg = REPO / TARGET.package
     if not (pkg / "__init__.py").is_file():
-        fail(f"{pkg}/__init__.py not found: the worker package is missing from this checkout")
+        fail(f"{pkg}/__init__.py not found: the {TARGET.package} package is missing from this checkout")
     return sorted(p for p in pkg.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
 
 
 def base_hash() -> str:
     """Names the base image: interpreter, distributions, layout and the build scripts."""
     h = hashlib.sha256()
-    h.update(f"layout={LAYOUT_VERSION}\npython={sys.version}\nprefix={PREFIX}\nsite={PURELIB}\n".encode())
+    h.update(f"layout={LAYOUT_VERSION}\ntarget={TARGET}\npython={sys.version}\nprefix={PREFIX}\nsite={PURELIB}\n".encode())
     for dist in distribution_closure():
         h.update(f"dist={canonicalize_name(dist.metadata['Name'])}=={dist.version}\n".encode())
-    h.update(f"entry={worker_entry_point()}\n".encode())
+    h.update(f"entry={target_entry_point()}\n".encode())
     here = Path(__file__).resolve().parent
     for path in (here / "worker_rootfs.py", here / "build-worker-image.sh", REPO / "docker" / "healthcheck.py"):
         h.update(f"file={path.relative_to(REPO)}\n".encode())
@@ -244,9 +281,9 @@ def base_hash() -> str:
 
 
 def content_hash(base: str) -> str:
-    """Names the final image: the base plus the worker's sources."""
+    """Names the final image: the base plus the package's sources."""
     h = hashlib.sha256(f"base={base}\n".encode())
-    for path in worker_sources():
+    for path in package_sources():
         h.update(f"file={path.relative_to(REPO)}\n".encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -264,7 +301,7 @@ def layout(staging: Path) -> None:
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
 
-    # ---- host files: interpreter, stdlib, worker distributions
+    # ---- host files: interpreter, stdlib, the target's distributions
     host: list[Path] = [PYTHON_BIN]
     for name in ("python3", "python"):
         link = PREFIX / "bin" / name
@@ -281,11 +318,15 @@ def layout(staging: Path) -> None:
         host += walk(root, skip_site)
         host += root_level_pycache(root)
 
-    # ---- /bin/sh: dash
+    # ---- /bin/sh: dash; sleep: the exported Kubernetes manifests' preStop hook runs it
     dash = Path(shutil.which("dash") or "/usr/bin/dash")
     if not dash.is_file():
         fail("dash not found (it provides /bin/sh inside the image): apt-get install -y dash")
     host += with_link_chain(dash)
+    sleep = Path(shutil.which("sleep") or "/usr/bin/sleep")
+    if not sleep.is_file():
+        fail("sleep not found (the preStop hook of the Kubernetes manifests runs it): apt-get install -y coreutils")
+    host += with_link_chain(sleep)
 
     # ---- shared libraries of everything above
     libs, missing = shared_libraries(elf_files(host))
@@ -305,17 +346,17 @@ def layout(staging: Path) -> None:
         for m in unique[:10]:
             print(f"  {m}", file=sys.stderr)
 
-    # ---- generated files (the worker package itself is added on top, as a layer of its own)
+    # ---- generated files (the package itself is added on top, as a layer of its own)
     if PURELIB != BASE_PURELIB:  # a virtual environment: let the base interpreter see its packages
         write(staging / BASE_PURELIB.relative_to("/") / "tei-worker-venv.pth", f"{PURELIB}\n")
-    module, func = worker_entry_point().split(":")
+    module, func = target_entry_point().split(":")
     write(
-        staging / "usr/local/bin/tei-fallback-worker",
+        staging / "usr/local/bin" / TARGET.script,
         f"#!{PYTHON_BIN}\nimport sys\nfrom {module} import {func}\n\nif __name__ == '__main__':\n    sys.exit({func}())\n",
         0o755,
     )
     health = (REPO / "docker" / "healthcheck.py").read_text()
-    write(staging / "usr/local/bin/tei-worker-healthcheck", f"#!{PYTHON_BIN}\n{health}", 0o755)
+    write(staging / "usr/local/bin" / TARGET.healthcheck, f"#!{PYTHON_BIN}\n{health}", 0o755)
     for name in ("python3", "python"):
         link = staging / "usr/local/bin" / name
         link.symlink_to(PYTHON_BIN)
@@ -323,18 +364,21 @@ def layout(staging: Path) -> None:
     (staging / "usr/bin/sh").symlink_to("dash")
     write(
         staging / "etc/passwd",
-        f"root:x:0:0:root:/root:/bin/sh\nworker:x:{WORKER_UID}:{WORKER_UID}:fallback worker:{WORKER_HOME}:/usr/sbin/nologin\n",
+        f"root:x:0:0:root:/root:/bin/sh\n"
+        f"{TARGET.user}:x:{IMAGE_UID}:{IMAGE_UID}:{TARGET.title}:{TARGET.home}:/usr/sbin/nologin\n",
     )
-    write(staging / "etc/group", f"root:x:0:\nworker:x:{WORKER_UID}:\n")
-    write(staging / "etc/os-release", 'NAME="tei-manager fallback worker (local build)"\nID=tei-manager-worker\n')
-    home = staging / WORKER_HOME.lstrip("/")
+    write(staging / "etc/group", f"root:x:0:\n{TARGET.user}:x:{IMAGE_UID}:\n")
+    os_id = "tei-manager-worker" if TARGET.package == "fallback_worker" else "tei-manager"
+    write(staging / "etc/os-release", f'NAME="tei-manager {TARGET.title} (local build)"\nID={os_id}\n')
+    home = staging / TARGET.home.lstrip("/")
     (home / ".cache").mkdir(parents=True)
     for d in (home, home / ".cache"):
-        os.chown(d, WORKER_UID, WORKER_UID)
+        os.chown(d, IMAGE_UID, IMAGE_UID)
         d.chmod(0o755)
     (staging / "tmp").mkdir(exist_ok=True)  # exists already when a virtual environment lives in /tmp
     (staging / "tmp").chmod(0o1777)
-    (staging / "models").mkdir(exist_ok=True)
+    if TARGET.package == "fallback_worker":
+        (staging / "models").mkdir(exist_ok=True)  # where the manager mounts model directories
 
     # ---- lists: parents first, each path once, in a stable order
     def with_parents(paths, top: Path) -> list[str]:
@@ -355,13 +399,19 @@ def layout(staging: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
+    global TARGET
+    if len(argv) >= 3 and argv[1] == "--target":
+        if argv[2] not in TARGETS:
+            fail(f"unknown --target '{argv[2]}' (one of: {', '.join(TARGETS)})")
+        TARGET = TARGETS[argv[2]]
+        argv = [argv[0], *argv[3:]]
     if len(argv) == 2 and argv[1] == "hash":
         base = base_hash()
         print(base, content_hash(base), PURELIB)
     elif len(argv) == 3 and argv[1] == "layout":
         layout(Path(argv[2]).absolute())
     else:
-        fail(f"usage: {argv[0]} hash | layout STAGING_DIR")
+        fail(f"usage: {argv[0]} [--target {'|'.join(TARGETS)}] hash | layout STAGING_DIR")
 
 
 if __name__ == "__main__":

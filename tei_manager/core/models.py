@@ -282,7 +282,13 @@ class KubernetesSettings(Strict):
         None, description="Secret holding the tenants' API keys, one key per `env` name or file name; "
         "default `<profile>-tenant-keys`.",
     )
-    gateway_image: str = Field("tei-manager/tei-manager:0.1.0", description="Image with tei-manager installed.")
+    # The tag docs/kubernetes.md's build command gives docker/tei-manager.Dockerfile (the package's
+    # version); a cluster that pulls from a registry gets the pushed name here instead.
+    gateway_image: str = Field(
+        "tei-manager/tei-manager:0.1.0",
+        description="Image with tei-manager installed (docker/tei-manager.Dockerfile): push it to your registry "
+        "and name it here; the default is the tag the documented build gives.",
+    )
     gateway_replicas: int = Field(2, ge=2, description="Gateway pods (at least 2, spread over nodes).")
     autoscaler: Literal["keda", "hpa"] = Field(
         "keda", description="keda: a ScaledObject with a Prometheus trigger; hpa: an HPA on a custom metric "
