@@ -8,7 +8,9 @@ The keys are derived, never stored: HMAC-SHA256 of the instance's identity under
 secret per state directory (`instance-keys.secret`, mode 0600, made on first use, like an SSH host
 key). So no key appears in a plan, a label, a state record or a log line, and the manager, the
 supervisor and the gateway, which share the state directory, all derive the same key on their own.
-To rotate every key, delete the secret and re-create the instances (`down`, then `apply`).
+To rotate every key, delete the secret and apply again: the plan names the secret by a digest
+(`InstancePlan.internal_key_id`), so a new secret changes every protected instance's spec hash
+and `apply` replaces them, health-gated as usual.
 
 The key reaches an instance as `API_KEY` in its environment, TEI's own way: readable only by the
 instance's user and root (a process backend), or by whoever may inspect containers (Docker, whose
@@ -23,7 +25,7 @@ import os
 import secrets
 from pathlib import Path
 
-from tei_manager.core.plan import InstancePlan
+from tei_manager.core.plan import InstancePlan, Plan
 from tei_manager.state import state_root
 
 SECRET_FILE = "instance-keys.secret"
@@ -74,3 +76,18 @@ def instance_env(instance: InstancePlan) -> dict[str, str]:
 def instance_headers(instance: InstancePlan) -> dict[str, str]:
     """The headers that open `instance` (none when it is not protected)."""
     return bearer(instance.profile, instance.name) if instance.internal_auth else {}
+
+
+def secret_id(*, root: Path | None = None) -> str:
+    """A short digest that names the current secret (safe to show: it reveals nothing of it)."""
+    return hashlib.sha256(b"tei-manager/secret-id/" + _secret(root)).hexdigest()[:12]
+
+
+def with_key_ids(plan: Plan, *, root: Path | None = None) -> Plan:
+    """`plan` with each protected instance tied to the current secret (see `internal_key_id`)."""
+    if not any(i.internal_auth for i in plan.instances):
+        return plan
+    key_id = secret_id(root=root)
+    instances = tuple(i.model_copy(update={"internal_key_id": key_id}) if i.internal_auth else i
+                      for i in plan.instances)
+    return plan.model_copy(update={"instances": instances})

@@ -33,6 +33,7 @@ from tei_manager.core.facts import HostFacts, normalize_arch
 from tei_manager.core.models import Profile
 from tei_manager.core.plan import Plan
 from tei_manager.errors import HostError, PlanError, ProfileError, TeiManagerError
+from tei_manager.instance_keys import with_key_ids
 
 __all__ = [
     "AUTO",
@@ -220,8 +221,9 @@ def live_plan(path: str | Path, target: Target, facts: HostFacts | None = None) 
     if isinstance(target.backend, HostPids):
         for obs in ours:
             own_pids |= target.backend.pids(obs)
-    return plan_with(profile, facts, target.capabilities(facts), source=str(path),
+    plan = plan_with(profile, facts, target.capabilities(facts), source=str(path),
                      observed_ports=listening_ports() - own_ports, own_pids=own_pids)
+    return with_key_ids(plan)
 
 
 def plan_profile(path: str | Path, *, backend: str = AUTO, options: Options | None = None,

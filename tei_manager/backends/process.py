@@ -144,8 +144,13 @@ class ProcessBackend(Backend):
         start = _proc_start_time(pid)
         if start is None or start != record.get("proc_start"):
             return False  # gone, or the pid now belongs to another process
+        args = [arg for arg in _cmdline(pid)[:3] if arg]
+        if not args:
+            # The kernel shows no command line while the process is inside exec (just started):
+            # the pid and its start time match the record, so it is ours and alive.
+            return True
         markers = (*_WORKER_MARKERS, *([record["executable"]] if record.get("executable") else []))
-        return any(m in arg for arg in _cmdline(pid)[:3] for m in markers)
+        return any(m in arg for arg in args for m in markers)
 
     def _observe(self, path: Path, record: dict[str, Any]) -> ObservedInstance:
         raw = record["plan"]

@@ -125,6 +125,11 @@ class InstancePlan(Frozen):
     internal_auth: bool = Field(
         False, description="Started with its internal key (tei_manager.instance_keys); only the gateway calls it."
     )
+    internal_key_id: str | None = Field(
+        None,
+        description="A digest of the secret the key derives from (never the key): a new secret changes the spec "
+        "hash, so the next apply replaces the instance and its key rotates.",
+    )
 
     @property
     def device(self) -> str:

@@ -27,6 +27,7 @@ from it_support import cleanup_profile, described_gpu_host, free_port, plan_prof
 from tei_manager.backends.docker import DockerBackend, container_spec
 from tei_manager.cli.app import main
 from tei_manager.errors import ApplyError, BackendError
+from tei_manager.instance_keys import bearer
 from tei_manager.orchestrator import apply, status
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -84,6 +85,18 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
+def module_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("module-state")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state(module_state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One state directory for the whole module (overrides conftest's per-test one): the module's
+    deployment lives across its tests, and so must the secret its instances' keys derive from."""
+    monkeypatch.setenv("TEI_MANAGER_STATE_DIR", str(module_state))
+
+
+@pytest.fixture(scope="module")
 def deployment(docker_client: Any, worker_image: str, models_dir: Path,
                tmp_path_factory: pytest.TempPathFactory) -> Any:
     name = f"it-{uuid.uuid4().hex[:8]}"
@@ -128,14 +141,16 @@ def test_containers_carry_the_plan_limits_and_labels(deployment: Deployment) -> 
 
 
 def test_embed_and_rerank_answer_through_the_published_ports(deployment: Deployment) -> None:
+    # The instances answer only who presents their internal key (the gateway); here, the test.
     embed = httpx.post(f"http://127.0.0.1:{deployment.port('finance-embed')}/embed",
+                       headers=bearer(deployment.name, "finance-embed"),
                        json={"inputs": ["quarterly revenue", "legal hold"]}, timeout=60)
     assert embed.status_code == 200
     vectors = embed.json()
     assert len(vectors) == 2 and len(vectors[0]) > 8 and all(isinstance(x, float) for x in vectors[0])
 
     rerank = httpx.post(f"http://127.0.0.1:{deployment.port('legal-rerank')}/rerank",
-                        json={"query": "contract law", "texts": ["a contract", "the weather", "statutes"]}, timeout=60)
+                        headers=bearer(deployment.name, "legal-rerank"), json={"query": "contract law", "texts": ["a contract", "the weather", "statutes"]}, timeout=60)
     assert rerank.status_code == 200
     results = rerank.json()
     assert sorted(r["index"] for r in results) == [0, 1, 2]
@@ -178,7 +193,8 @@ def test_changed_tuning_replaces_only_that_instance(deployment: Deployment) -> N
     assert set(after) == {prefix + "finance-embed", prefix + "legal-rerank"}  # no .old/.next copies left
     assert after[prefix + "finance-embed"] == before[prefix + "finance-embed"]
     assert after[prefix + "legal-rerank"] != before[prefix + "legal-rerank"]
-    info = httpx.get(f"http://127.0.0.1:{deployment.port('legal-rerank')}/info", timeout=10).json()
+    info = httpx.get(f"http://127.0.0.1:{deployment.port('legal-rerank')}/info",
+                     headers=bearer(deployment.name, "legal-rerank"), timeout=10).json()
     assert info["max_client_batch_size"] == 4
     deployment.data = data
 

@@ -20,8 +20,8 @@ from it_support import free_port, write_profile
 
 from tei_manager.backends.process import ProcessBackend
 from tei_manager.cli.app import main
-from tei_manager.instance_keys import bearer, instance_key
-from tei_manager.state import state_dir
+from tei_manager.instance_keys import SECRET_FILE, bearer, instance_key
+from tei_manager.state import state_dir, state_root
 
 pytestmark = [pytest.mark.slow]
 
@@ -100,6 +100,18 @@ def test_quickstart_comes_up_answers_and_goes_down(profile_name: str, tmp_path: 
     assert sorted(p.name for p in (state_dir(profile_name) / "instances").glob("*.json")) == \
         ["demo-embed.json", "demo-rerank.json"]
     pids = list(after.values())
+
+    # A new secret rotates every key: the next apply replaces the instances, health-gated.
+    old_key = instance_key(profile_name, "demo-embed")
+    (state_root() / SECRET_FILE).unlink()
+    assert main(["apply", str(path), "--backend", "process", "--timeout", "120"]) == 0
+    rotated = {r["instance"]: r["pid"] for r in status_rows(capsys, profile_name)}
+    assert not set(rotated.values()) & set(pids)
+    assert instance_key(profile_name, "demo-embed") != old_key
+    body = {"inputs": "hello"}
+    assert httpx.post(embed_url, json=body, headers={"authorization": f"Bearer {old_key}"}, timeout=60).status_code == 401
+    assert httpx.post(embed_url, json=body, headers=bearer(profile_name, "demo-embed"), timeout=60).status_code == 200
+    pids = list(rotated.values())
 
     assert main(["down", str(path), "--backend", "process"]) == 0
     assert "removed 2 instance(s)" in capsys.readouterr().out

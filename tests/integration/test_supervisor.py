@@ -16,6 +16,7 @@ from it_support import free_port, plan_profile, wait_for, write_profile
 from tei_manager.backends.docker import DockerBackend
 from tei_manager.backends.process import ProcessBackend
 from tei_manager.health import BackoffPolicy
+from tei_manager.instance_keys import bearer
 from tei_manager.orchestrator import apply, status
 from tei_manager.supervisor import Supervisor, SupervisorEvent
 
@@ -70,7 +71,8 @@ def test_killed_container_is_restarted_healthy_and_counted(docker_client: Any, w
     assert container.status == "running" and container.id == docker_client.containers.get(container.name).id
     (row,) = status(backend, profile_name)
     assert (row.health, row.restarts) == ("healthy", 1)
-    assert httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": "back"}, timeout=60).status_code == 200
+    assert httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": "back"},
+                      headers=bearer(profile_name, "ops-embed"), timeout=60).status_code == 200
     backend.close()
 
 
@@ -95,7 +97,8 @@ def test_killed_process_is_restarted_healthy_and_counted(profile_name: str, tmp_
     (after,) = status(backend, profile_name)
     assert after.pid != before.pid and (after.health, after.restarts) == ("healthy", 1)
     started = time.monotonic()
-    assert httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": "back"}, timeout=60).status_code == 200
+    assert httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": "back"},
+                      headers=bearer(profile_name, "ops-embed"), timeout=60).status_code == 200
     assert time.monotonic() - started < 30
 
 
@@ -133,4 +136,5 @@ def test_a_hung_process_that_ignores_sigterm_is_killed_and_replaced(profile_name
     os.kill(after.pid, signal.SIGKILL)
     supervise_until_healed(sup, events)
     assert after.pid not in _zombies_of_ours()
-    assert httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": "back"}, timeout=60).status_code == 200
+    assert httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": "back"},
+                      headers=bearer(profile_name, "ops-embed"), timeout=60).status_code == 200
