@@ -18,6 +18,7 @@ import json
 import socket
 import uuid
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -85,19 +86,22 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def module_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("module-state")
+def module_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One state directory for the whole module: its deployment lives across its tests, and so
+    must the secret its instances' keys derive from."""
+    with pytest.MonkeyPatch.context() as patch:
+        path = tmp_path_factory.mktemp("module-state")
+        patch.setenv("TEI_MANAGER_STATE_DIR", str(path))
+        yield path
 
 
 @pytest.fixture(autouse=True)
-def _isolated_state(module_state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One state directory for the whole module (overrides conftest's per-test one): the module's
-    deployment lives across its tests, and so must the secret its instances' keys derive from."""
-    monkeypatch.setenv("TEI_MANAGER_STATE_DIR", str(module_state))
+def _isolated_state(module_state: Path) -> None:
+    """Overrides conftest's per-test state directory with the module's (see module_state)."""
 
 
 @pytest.fixture(scope="module")
-def deployment(docker_client: Any, worker_image: str, models_dir: Path,
+def deployment(docker_client: Any, worker_image: str, models_dir: Path, module_state: Path,
                tmp_path_factory: pytest.TempPathFactory) -> Any:
     name = f"it-{uuid.uuid4().hex[:8]}"
     ports = {"finance-embed": free_port(), "legal-rerank": free_port()}
