@@ -9,6 +9,7 @@ our own pids, the backend's capabilities), so the two always agree.
     open_readers(choice, options) -> [Backend]                   backends for status/down/logs
     live_plan(path, target, facts=None) -> Plan                  what apply converges on
     plan_profile(path, backend=..., gpus=..., docker=...) -> Plan   what `plan` prints
+    tune_profile(path, options, backend=...) -> TuneResult       what `tune` measures (tei_manager.tune)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tei_manager.backends.base import Backend, BackendEntry, HostPids, Options, SlotRenaming
 from tei_manager.backends.registry import (
@@ -33,6 +35,12 @@ from tei_manager.core.models import Profile
 from tei_manager.core.plan import Plan
 from tei_manager.errors import HostError, PlanError, ProfileError, TeiManagerError
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tei_manager.tune.runner import Progress, TuneResult
+    from tei_manager.tune.session import TuneOptions
+
 __all__ = [
     "AUTO",
     "Backend",
@@ -47,6 +55,7 @@ __all__ = [
     "open_target",
     "plan_profile",
     "profile_name",
+    "tune_profile",
 ]
 
 AUTO = "auto"
@@ -247,3 +256,23 @@ def plan_profile(path: str | Path, *, backend: str = AUTO, options: Options | No
     entry, _ = _choose(choice, facts, None, options)
     caps = auto_capabilities(entry, facts) if choice == AUTO else entry.capabilities(facts)
     return plan_with(profile, facts, caps, source=str(path))
+
+
+# --- tuning --------------------------------------------------------------------------------------------
+
+
+def tune_profile(path: str | Path, options: TuneOptions, *, backend: str = AUTO, backend_options: Options | None = None,
+                 progress: Progress | None = None, on_note: Callable[[str], None] | None = None) -> TuneResult:
+    """What `tune` measures: trial instances of the profile's deployments, planned exactly as `apply`
+    plans them (same backend choice, device, image and limits) and started through that backend."""
+    from tei_manager.tune import session
+
+    backend_options = backend_options or {}
+    profile = load(path)
+    facts = probe(backend_options)
+    target = open_target(backend, profile.name, backend_options, facts)
+    try:
+        plan = live_plan(path, target, facts)
+        return session.run(profile, plan, target.backend, options, progress=progress, on_note=on_note)
+    finally:
+        target.close()

@@ -109,7 +109,9 @@ def summary_lines(result: DeploymentResult) -> list[str]:
     lines.append(f"{result.request.deployment}: chosen {shown}"
                  f" -> {chosen.throughput:,.1f} inputs/s at p99 {_ms(chosen.best.p99_ms if chosen.best else None)} ms")
     gain = result.gain
-    if gain is not None:
+    if chosen is result.current:
+        lines.append("  nothing the search measured beat the current setting: keep it (permits as recommended)")
+    elif gain is not None:
         lines.append(f"  gain over the current setting: {gain:+.0%} ({result.current.throughput:,.1f} inputs/s now)")
     elif not result.current.meets_slo:
         lines.append("  the current setting does not meet the SLO"
@@ -118,8 +120,8 @@ def summary_lines(result: DeploymentResult) -> list[str]:
                  + (" (stopped by the time budget)" if result.search_stopped_early else ""))
     grid_best = result.grid_best
     if result.grid is not None and grid_best is not None and grid_best.throughput > 0:
-        best_alone = result.best_alone
-        ratio = (best_alone.throughput if best_alone else 0.0) / grid_best.throughput
+        search_best = result.search_best
+        ratio = (search_best.throughput if search_best else 0.0) / grid_best.throughput
         lines.append(f"  full grid: {len(result.grid)} trials, best {grid_best.throughput:,.1f} inputs/s; "
                      f"the search reached {ratio:.1%} of it with {len(result.search)} trials")
     return lines
@@ -227,8 +229,8 @@ def to_json(result: TuneResult) -> dict[str, Any]:
             "grid": None if r.grid is None else {
                 "trials": len(r.grid),
                 "best": grid_best.to_json() if grid_best else None,
-                "search_vs_grid": (round(r.best_alone.throughput / grid_best.throughput, 4)
-                                   if r.best_alone and grid_best and grid_best.throughput > 0 else None),
+                "search_vs_grid": (round(r.search_best.throughput / grid_best.throughput, 4)
+                                   if r.search_best and grid_best and grid_best.throughput > 0 else None),
             },
             "trials": [{"phase": phase, **t.to_json()} for phase, t in _all_trials(r)],
             "seconds": round(r.seconds, 1),
