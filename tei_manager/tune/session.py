@@ -35,7 +35,10 @@ MIN_START_SECONDS = 5.0
 
 
 class TuneError(TeiManagerError):
-    """A tune that cannot start: a budget too small, nothing to tune, a deployment that cannot be tuned."""
+    """A tune that cannot start: a budget too small, nothing to tune, a deployment that cannot be tuned
+    (exit code 2: what was asked is wrong, nothing was started)."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
