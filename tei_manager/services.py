@@ -33,6 +33,7 @@ from tei_manager.core.capabilities import Capabilities
 from tei_manager.core.facts import HostFacts, normalize_arch
 from tei_manager.core.models import Profile
 from tei_manager.core.plan import Plan
+from tei_manager.core.tuning import Calibration, CalibrationKey, MeasuredPeak
 from tei_manager.errors import HostError, PlanError, ProfileError, TeiManagerError
 
 if TYPE_CHECKING:
@@ -202,15 +203,31 @@ def _with_cpu_note(exc: TeiManagerError, facts: HostFacts) -> TeiManagerError:
     return exc
 
 
+def measured_memory() -> tuple[Calibration, str | None]:
+    """Tune's measured peaks for the planner, and a warning when the store cannot be read (planning
+    then falls back to the estimates: a damaged calibration file must never stop `plan` or `apply`)."""
+    from tei_manager.tune import calibration
+
+    try:
+        stored = calibration.load()
+    except calibration.CalibrationError as exc:
+        return {}, f"measured peaks not used: {exc.render()}"
+    return {CalibrationKey(*m.key): MeasuredPeak(m.peak_bytes, m.measured_at) for m in stored}, None
+
+
 def plan_with(profile: Profile, facts: HostFacts, capabilities: Capabilities, *, source: str | None,
               observed_ports: Iterable[int] = (), own_pids: Iterable[int] = ()) -> Plan:
     from tei_manager.core.planner import plan
 
+    measured, problem = measured_memory()
     try:
-        return plan(profile, facts, observed_ports=observed_ports, source=source, own_pids=own_pids,
-                    capabilities=capabilities)
+        result = plan(profile, facts, observed_ports=observed_ports, source=source, own_pids=own_pids,
+                      capabilities=capabilities, calibration=measured)
     except TeiManagerError as exc:
         raise _with_cpu_note(exc, facts) from None
+    if problem is not None:
+        result = result.model_copy(update={"warnings": (*result.warnings, problem)})
+    return result
 
 
 def live_plan(path: str | Path, target: Target, facts: HostFacts | None = None) -> Plan:
