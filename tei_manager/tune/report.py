@@ -42,14 +42,14 @@ def plotted_step(trial: TrialResult) -> Step | None:
 
 
 def settings_label(settings: Mapping[str, Value], space_keys: Sequence[str]) -> str:
-    return " ".join(f"{_short(k)}={settings[k]}" for k in space_keys if k in settings)
+    return " ".join(f"{short_key(k)}={settings[k]}" for k in space_keys if k in settings)
 
 
 _SHORT = {"max_batch_tokens": "tokens", "max_client_batch_size": "client", "max_batch_requests": "requests",
           "forward_workers": "workers", "max_concurrent_requests": "permits", "dtype": "dtype"}
 
 
-def _short(key: str) -> str:
+def short_key(key: str) -> str:
     return _SHORT.get(key, key)
 
 
@@ -82,7 +82,7 @@ def table(result: DeploymentResult, slo_p99_ms: float) -> Table:
     t = Table(title=f"{result.request.deployment}: throughput at p99 <= {slo_p99_ms:g} ms on {result.device}")
     t.add_column("trial")
     for key in keys:
-        t.add_column(_short(key), justify="right")
+        t.add_column(short_key(key), justify="right")
     for label in ("inputs/s", "concurrency", "p50 ms", "p99 ms", "peak MiB", ""):
         t.add_column(label, justify="right" if label else "left")
     chosen = result.chosen
@@ -315,7 +315,7 @@ class RichProgress:
 
     def trial_started(self, deployment: str, phase: str, settings: Mapping[str, Value]) -> None:
         task = self._task(deployment)
-        shown = " ".join(f"{_short(k)}={v}" for k, v in settings.items() if k != "max_concurrent_requests")
+        shown = " ".join(f"{short_key(k)}={v}" for k, v in settings.items() if k != "max_concurrent_requests")
         self.progress.update(task, description=f"{deployment} [{phase}] {shown}")
 
     def _completed(self, task: TaskID) -> int:
