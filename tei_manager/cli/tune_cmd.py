@@ -64,14 +64,21 @@ def tune_command(
         workload_path=workload, full_grid=full_grid, narrow=parse_space(space or ()),
         schedule=Schedule(step_seconds=step_seconds, max_concurrency=max_concurrency),
     )
-    with report.RichProgress(err_console) as progress:
-        result = tune_profile(profile, options, backend=backend, backend_options=backend_options,
-                              progress=progress, on_note=lambda note: err_console.print(note, highlight=False))
-        progress.finish()
+    try:
+        with report.RichProgress(err_console) as progress:
+            result = tune_profile(profile, options, backend=backend, backend_options=backend_options,
+                                  progress=progress, on_note=lambda note: err_console.print(note, highlight=False))
+            progress.finish()
+    except KeyboardInterrupt:
+        # The service removed every trial instance on its way out; nothing was written.
+        err_console.print("interrupted: the trial instances were removed; nothing was written", highlight=False)
+        raise typer.Exit(130) from None
     report.show(result, console)
     saved = report.save(result, out)
     console.print(f"report: {saved['json']}" + "".join(
         f", {path}" for key, path in saved.items() if key != "json"), highlight=False)
+    if len(saved) == 1:
+        console.print("no PNG plots: matplotlib is not installed (pip install 'tei-manager[tune]')", style="dim")
     if result.calibration_path is not None:
         console.print(f"peak memory recorded for the planner in {result.calibration_path}", highlight=False)
     if write:

@@ -259,6 +259,10 @@ def save(result: TuneResult, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {"json": out_dir / "tune.json"}
     written["json"].write_text(json.dumps(to_json(result), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    try:
+        import matplotlib  # noqa: F401 - only to know whether the PNGs can be drawn
+    except ImportError:
+        return written  # no plots without the `tune` extra; the JSON and the terminal chart hold the same data
     for r in result.deployments:
         written[r.request.deployment] = plot_png(r, result.slo_p99_ms, out_dir / f"{r.request.deployment}.png")
     return written

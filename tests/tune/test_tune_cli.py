@@ -100,3 +100,40 @@ def test_an_unreadable_workload_line_is_named(profile_path: Path, tmp_path: Path
                  *QUICK])
     err = " ".join(capsys.readouterr().err.split())
     assert code == 2 and f"{sample}:2" in err and '"text"' in err
+
+
+@pytest.mark.slow
+def test_ctrl_c_removes_the_trial_instance_and_writes_nothing(profile_path: Path, tmp_path: Path) -> None:
+    """SIGINT to a real `tei-manager tune` process while a trial instance runs (the process backend
+    starts workers in their own session, so only tune's own cleanup can remove them)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    state = Path(os.environ["TEI_MANAGER_STATE_DIR"])
+    records = state / "quickstart-tune" / "instances"
+    before = profile_path.read_text()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tei_manager.cli.app", "tune", str(profile_path), "-d", "demo-embed",
+         "--slo-p99-ms", "20000", "--budget", "5m", "--out", str(tmp_path / "out"), "--write", *NARROW, *QUICK],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        deadline = time.monotonic() + 120
+        pids: list[int] = []
+        while not pids:
+            assert proc.poll() is None and time.monotonic() < deadline, "no trial instance started"
+            time.sleep(0.2)
+            pids = [pid for p in records.glob("*.json") if (pid := json.loads(p.read_text()).get("pid"))]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err.decode()
+    assert "the trial instances were removed" in err.decode() and b"Traceback" not in err
+    assert not list(records.glob("*.json"))
+    for pid in pids:  # the worker is gone (or a zombie of the exited tune, reaped by init)
+        assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    assert profile_path.read_text() == before
