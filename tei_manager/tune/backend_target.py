@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import re
+import time
 from collections.abc import Mapping
 
 from tei_manager.backends.base import Backend, HostPids
@@ -42,6 +43,8 @@ from .target import Exit, Settings, StartFailed
 
 #: Appended to the profile's name on trial instances: the profile label they live under.
 TRIAL_PROFILE_SUFFIX = "-tune"
+#: How long a just-started instance may take to be reported running before the health gate judges it.
+SETTLE_S = 3.0
 #: Settings that are `RuntimeSettings` fields of the same name.
 _TYPED = ("max_batch_tokens", "max_batch_requests", "max_concurrent_requests", "max_client_batch_size", "dtype")
 _OOM = re.compile(r"out.of.memory|OutOfMemoryError|CUDA_ERROR_OUT_OF_MEMORY|exit code 137|exited with code 137",
@@ -186,7 +189,7 @@ class BackendTrialTarget:
             raise StartFailed("crash", exc.what) from None
         instance: BackendTrialInstance | None = None
         try:
-            obs = self.backend.start(obs)
+            obs = self._settled(self.backend.start(obs))
             # The probe starts before warm-up: the worker and TEI reach their peak before they are ready.
             instance = BackendTrialInstance(self.backend, obs, plan, self._probe(obs))
             self._live.append(instance)
@@ -200,6 +203,19 @@ class BackendTrialTarget:
             self._remove(instance, obs)
             raise
         return instance
+
+    def _settled(self, obs: ObservedInstance) -> ObservedInstance:
+        """The instance once the engine reports it running (or after SETTLE_S, as it is then).
+
+        Right after a start the process backend can see a process that is still inside exec()
+        (its /proc cmdline is empty for a moment) as not running; the health gate would then call a
+        healthy start a crash and the cleanup would skip a process it thinks is gone. Waiting for
+        `running` first closes that window, and gives the peak probe the pid."""
+        deadline = time.monotonic() + SETTLE_S
+        while obs.state != "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+            obs = self.backend.refresh(obs) or obs
+        return obs
 
     def _remove(self, instance: BackendTrialInstance | None, obs: ObservedInstance) -> None:
         if instance is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,20 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "profiles" / "quickstart.yaml
 NARROW = ["--space", "max_batch_tokens=1024,4096", "--space", "max_client_batch_size=8",
           "--space", "forward_workers=1", "--space", "dtype=float32"]
 QUICK = ["--step-seconds", "0.8", "--max-concurrency", "4", "--backend", "process"]
+
+
+def processes_logging_under(directory: Path) -> list[int]:
+    """Live processes whose stdout is a log file under ``directory`` (the process backend's workers)."""
+    found = []
+    for fd in Path("/proc").glob("[0-9]*/fd/1"):
+        try:
+            target = os.readlink(fd)
+            state = (fd.parents[1] / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if target.startswith(str(directory)) and state != "Z":
+            found.append(int(fd.parents[1].name))
+    return found
 
 
 @pytest.fixture()
@@ -72,6 +87,7 @@ def test_tune_the_quickstart_through_the_cli_and_write_it_back(profile_path: Pat
     # The peaks went to the calibration store; no trial instance is left, no live one was started.
     assert {m.max_batch_tokens for m in calibration.load()} >= {4096}
     assert ProcessBackend().list("quickstart-tune") == [] and ProcessBackend().list("quickstart") == []
+    assert processes_logging_under(Path(os.environ["TEI_MANAGER_STATE_DIR"])) == []
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -106,7 +122,6 @@ def test_an_unreadable_workload_line_is_named(profile_path: Path, tmp_path: Path
 def test_ctrl_c_removes_the_trial_instance_and_writes_nothing(profile_path: Path, tmp_path: Path) -> None:
     """SIGINT to a real `tei-manager tune` process while a trial instance runs (the process backend
     starts workers in their own session, so only tune's own cleanup can remove them)."""
-    import os
     import signal
     import subprocess
     import sys
