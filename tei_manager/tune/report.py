@@ -110,7 +110,8 @@ def summary_lines(result: DeploymentResult) -> list[str]:
                  f" -> {chosen.throughput:,.1f} inputs/s at p99 {_ms(chosen.best.p99_ms if chosen.best else None)} ms")
     gain = result.gain
     if chosen is result.current:
-        lines.append("  nothing the search measured beat the current setting: keep it (permits as recommended)")
+        lines.append(f"  gain over the current setting: none ({result.current.throughput:,.1f} inputs/s now); "
+                     "nothing the search measured beat it: keep it (permits as recommended)")
     elif gain is not None:
         lines.append(f"  gain over the current setting: {gain:+.0%} ({result.current.throughput:,.1f} inputs/s now)")
     elif not result.current.meets_slo:
