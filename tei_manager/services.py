@@ -9,6 +9,7 @@ our own pids, the backend's capabilities), so the two always agree.
     open_readers(choice, options) -> [Backend]                   backends for status/down/logs
     live_plan(path, target, facts=None) -> Plan                  what apply converges on
     plan_profile(path, backend=..., gpus=..., docker=...) -> Plan   what `plan` prints
+    tune_profile(path, options, backend=...) -> TuneResult       what `tune` measures (tei_manager.tune)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tei_manager.backends.base import Backend, BackendEntry, HostPids, Options, SlotRenaming
 from tei_manager.backends.registry import (
@@ -32,8 +34,15 @@ from tei_manager.core.capabilities import Capabilities
 from tei_manager.core.facts import HostFacts, normalize_arch
 from tei_manager.core.models import Profile
 from tei_manager.core.plan import Plan
+from tei_manager.core.tuning import Calibration, CalibrationKey, MeasuredPeak
 from tei_manager.errors import HostError, PlanError, ProfileError, TeiManagerError
 from tei_manager.instance_keys import with_key_ids
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tei_manager.tune.runner import Progress, TuneResult
+    from tei_manager.tune.session import TuneOptions
 
 __all__ = [
     "AUTO",
@@ -50,6 +59,7 @@ __all__ = [
     "open_target",
     "plan_profile",
     "profile_name",
+    "tune_profile",
 ]
 
 AUTO = "auto"
@@ -196,15 +206,31 @@ def _with_cpu_note(exc: TeiManagerError, facts: HostFacts) -> TeiManagerError:
     return exc
 
 
+def measured_memory() -> tuple[Calibration, str | None]:
+    """Tune's measured peaks for the planner, and a warning when the store cannot be read (planning
+    then falls back to the estimates: a damaged calibration file must never stop `plan` or `apply`)."""
+    from tei_manager.tune import calibration
+
+    try:
+        stored = calibration.load()
+    except calibration.CalibrationError as exc:
+        return {}, f"measured peaks not used: {exc.render()}"
+    return {CalibrationKey(*m.key): MeasuredPeak(m.peak_bytes, m.measured_at) for m in stored}, None
+
+
 def plan_with(profile: Profile, facts: HostFacts, capabilities: Capabilities, *, source: str | None,
               observed_ports: Iterable[int] = (), own_pids: Iterable[int] = ()) -> Plan:
     from tei_manager.core.planner import plan
 
+    measured, problem = measured_memory()
     try:
-        return plan(profile, facts, observed_ports=observed_ports, source=source, own_pids=own_pids,
-                    capabilities=capabilities)
+        result = plan(profile, facts, observed_ports=observed_ports, source=source, own_pids=own_pids,
+                      capabilities=capabilities, calibration=measured)
     except TeiManagerError as exc:
         raise _with_cpu_note(exc, facts) from None
+    if problem is not None:
+        result = result.model_copy(update={"warnings": (*result.warnings, problem)})
+    return result
 
 
 def live_plan(path: str | Path, target: Target, facts: HostFacts | None = None) -> Plan:
@@ -256,3 +282,23 @@ def plan_profile(path: str | Path, *, backend: str = AUTO, options: Options | No
     entry, _ = _choose(choice, facts, None, options)
     caps = auto_capabilities(entry, facts) if choice == AUTO else entry.capabilities(facts)
     return plan_with(profile, facts, caps, source=str(path))
+
+
+# --- tuning --------------------------------------------------------------------------------------------
+
+
+def tune_profile(path: str | Path, options: TuneOptions, *, backend: str = AUTO, backend_options: Options | None = None,
+                 progress: Progress | None = None, on_note: Callable[[str], None] | None = None) -> TuneResult:
+    """What `tune` measures: trial instances of the profile's deployments, planned exactly as `apply`
+    plans them (same backend choice, device, image and limits) and started through that backend."""
+    from tei_manager.tune import session
+
+    backend_options = backend_options or {}
+    profile = load(path)
+    facts = probe(backend_options)
+    target = open_target(backend, profile.name, backend_options, facts)
+    try:
+        plan = live_plan(path, target, facts)
+        return session.run(profile, plan, target.backend, options, progress=progress, on_note=on_note)
+    finally:
+        target.close()

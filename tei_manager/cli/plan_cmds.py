@@ -88,6 +88,14 @@ def _bytes(value: int | None) -> str:
     return f"{value / 1024**3:.1f}g" if value >= 1024**3 else str(value)
 
 
+def _vram_cell(result: Plan, inst: InstancePlan) -> str:
+    """The summary's VRAM column: the figure the budget used, `m` marking a measured one."""
+    measured = result.measured_vram.get(inst.name)
+    if measured is not None:
+        return f"{measured.total_mib:,} m"
+    return f"{inst.vram.total_mib:,}" if inst.vram else "-"
+
+
 def print_plan(result: Plan) -> None:
     host = "described host (--gpus)" if result.host == "described" else "this host"
     console.print(f"[bold]Plan for profile {result.profile}[/] on {host}"
@@ -99,7 +107,7 @@ def print_plan(result: Plan) -> None:
     for inst in result.instances:
         summary.add_row(inst.name, inst.tenant + (" (shared)" if inst.shared else ""), inst.model_key,
                         inst.task, inst.runtime, inst.device, str(inst.host_port),
-                        f"{inst.vram.total_mib:,}" if inst.vram else "-")
+                        _vram_cell(result, inst))
     console.print(summary)
     for inst in result.instances:
         detail = Table(title=inst.name, show_header=False, title_justify="left", box=None, padding=(0, 1))
@@ -114,11 +122,18 @@ def print_plan(result: Plan) -> None:
         detail.add_row("command", command_line(inst))
         detail.add_row("limits", f"memory {_bytes(inst.memory_bytes)}, swap {_bytes(inst.memory_swap_bytes)}, "
                                  f"cpus {'-' if inst.cpus is None else f'{inst.cpus:g}'}")
-        if inst.vram:
+        measured = result.measured_vram.get(inst.name)
+        if inst.vram and measured:
             v = inst.vram
-            detail.add_row("VRAM", f"{v.total_mib:,} MiB = weights {v.weights_mib:,} + activations "
+            detail.add_row("VRAM", f"{measured.total_mib:,} MiB measured by tune"
+                                   + (f" ({measured.measured_at})" if measured.measured_at else "")
+                                   + f" at max_batch_tokens {v.max_batch_tokens} ({v.dtype}); the estimate is "
+                                   f"{measured.estimated_mib:,} MiB")
+        elif inst.vram:
+            v = inst.vram
+            detail.add_row("VRAM", f"{v.total_mib:,} MiB estimated = weights {v.weights_mib:,} + activations "
                                    f"{v.activations_mib:,} (max_batch_tokens {v.max_batch_tokens}) + context "
-                                   f"{v.context_mib:,} ({v.dtype})")
+                                   f"{v.context_mib:,} ({v.dtype}); not measured (tei-manager tune measures it)")
         else:
             detail.add_row("VRAM", "none (CPU)")
         console.print(detail)
@@ -139,7 +154,8 @@ def print_plan(result: Plan) -> None:
                          f"{sum(g.free_after_plan_mib for g in result.gpus):,}", "", style="bold")
         console.print(gpus)
         console.print("others = memory held by processes that are not this profile's; "
-                      "budget = total - headroom - others", style="dim")
+                      "budget = total - headroom - others"
+                      + ("; m = measured by tune, else estimated" if result.measured_vram else ""), style="dim")
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     console.print("Nothing was changed.", style="dim")

@@ -40,6 +40,16 @@ class VramEstimate(Frozen):
     max_batch_tokens: int
 
 
+class MeasuredVram(Frozen):
+    """A peak `tune` measured for an instance's exact model, runtime, dtype, batch budget and GPU
+    (the calibration store). Kept beside the Plan's instances, not in them, so a new measurement
+    never changes an instance's spec hash (nothing about the running instance changes)."""
+
+    total_mib: int
+    estimated_mib: int = Field(description="What the VRAM model estimated for the same instance.")
+    measured_at: str | None = None
+
+
 class ModelSource(Frozen):
     """Where the runtime loads the model from: the hub (id + revision) or a local directory.
     Downloads from the hub land in the instance's `hf_cache`."""
@@ -196,6 +206,16 @@ class Plan(Frozen):
         default_factory=dict, description="Tenants with their quotas and key *references* (never key values)."
     )
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    measured_vram: dict[str, MeasuredVram] = Field(
+        default_factory=dict,
+        description="Instance name -> the measured peak the GPU budget used instead of the estimate (tune's "
+                    "calibration); an instance on a GPU that is not here was budgeted by the estimate.")
+
+    def vram_source(self, name: str) -> Literal["measured", "estimated"] | None:
+        """Which figure the GPU budget used for an instance: None on CPU."""
+        if name in self.measured_vram:
+            return "measured"
+        return "estimated" if self.instance(name).vram is not None else None
 
     def deployments(self) -> dict[str, tuple[InstancePlan, ...]]:
         """Deployment name -> its replicas, by replica number.  Backends that run a deployment as

@@ -42,6 +42,7 @@ from tei_manager.core.models import (
 from tei_manager.core.plan import (
     GpuBudget,
     InstancePlan,
+    MeasuredVram,
     ModelCache,
     ModelSource,
     Plan,
@@ -49,6 +50,8 @@ from tei_manager.core.plan import (
     VramEstimate,
 )
 from tei_manager.core.tuning import (
+    Calibration,
+    CalibrationKey,
     VramProfile,
     auto_max_batch_tokens,
     cpu_auto_max_batch_tokens,
@@ -87,6 +90,7 @@ class _Slot:
     flash: bool = True
     max_batch_tokens: int | None = None  # None while `auto` is unresolved
     vram: VramEstimate | None = None
+    measured: MeasuredVram | None = None  # tune's measured peak for exactly this instance, when there is one
     port: int = 0
     warnings: list[str] = field(default_factory=list)
 
@@ -122,14 +126,17 @@ def engine_capabilities(facts: HostFacts) -> Capabilities:
 
 def plan(profile: Profile, facts: HostFacts, *, observed_ports: Iterable[int] | None = frozenset(),
          source: str | None = None, own_pids: Iterable[int] = frozenset(),
-         capabilities: Capabilities | None = None) -> Plan:
+         capabilities: Capabilities | None = None, calibration: Calibration | None = None) -> Plan:
     """Plan every instance of `profile` on the host described by `facts`.
 
     `observed_ports`: host ports taken by something other than this profile's instances; `auto`
     ports skip them (None means unknown, treated as empty).  `own_pids`: PIDs of this profile's
     running instances, whose VRAM is not counted as "in use by others" when re-planning a live host.
     `source` is recorded in `Plan.source` (the profile's path).  `capabilities`: what the backend
-    that will run the plan can host (default: `engine_capabilities(facts)`).
+    that will run the plan can host (default: `engine_capabilities(facts)`).  `calibration`: peaks
+    `tune` measured (the planning service reads the store); a GPU instance whose exact model,
+    runtime, dtype, batch budget and GPU were measured is budgeted by the measurement, every other
+    one by the VRAM model's estimate, and `Plan.measured_vram` says which.
 
     Raises PlanError (unknown model numbers, GPU not on the host, TEI forced where it cannot run,
     port collisions, a batch budget TEI would refuse) and OvercommitError (VRAM).
@@ -167,7 +174,9 @@ def plan(profile: Profile, facts: HostFacts, *, observed_ports: Iterable[int] | 
         _place_shared(shared, profile, facts, caps, budgets, planned)
 
     for index, members in planned.items():
+        _calibrate(members, facts, calibration or {})  # fixed budgets: what `auto` shares out is what is left
         _resolve_auto(index, members, budgets, facts)
+        _calibrate(members, facts, calibration or {})
     for index in planned:
         _check_budget(index, planned, budgets, facts, profile)
 
@@ -186,7 +195,7 @@ def plan(profile: Profile, facts: HostFacts, *, observed_ports: Iterable[int] | 
             headroom_mib=profile.gpu_headroom_mib,
             in_use_mib=budgets[g.index][1],
             budget_mib=budgets[g.index][0],
-            planned_mib=sum(s.vram.total_mib for s in planned[g.index] if s.vram),
+            planned_mib=sum(_mib(s) for s in planned[g.index]),
             instances=tuple(s.name for s in planned[g.index]),
         )
         for g in facts.gpus
@@ -194,7 +203,8 @@ def plan(profile: Profile, facts: HostFacts, *, observed_ports: Iterable[int] | 
     return Plan(profile=profile.name, source=source, instances=instances, gpus=gpus,
                 warnings=tuple(dict.fromkeys(warnings)), host=facts.origin,
                 backend=caps.backend if capabilities else None, tenants=dict(profile.tenants),
-                gateway=profile.gateway)
+                gateway=profile.gateway,
+                measured_vram={s.name: s.measured for s in slots if s.measured is not None})
 
 
 # --- 1 and 2: instances and devices ------------------------------------------------------------------
@@ -335,6 +345,20 @@ def _initial_estimate(slot: _Slot) -> None:
                               runtime=slot.vram_profile)
 
 
+def _calibrate(members: list[_Slot], facts: HostFacts, calibration: Calibration) -> None:
+    """Use tune's measured peak where one exists for exactly this instance on this GPU model."""
+    for slot in members:
+        slot.measured = None
+        gpu = facts.gpu(slot.gpu) if slot.gpu is not None else None
+        if slot.vram is None or gpu is None:
+            continue
+        key = CalibrationKey(slot.spec.id, slot.runtime, slot.dtype, slot.vram.max_batch_tokens, gpu.name)
+        peak = calibration.get(key)
+        if peak is not None:
+            slot.measured = MeasuredVram(total_mib=-(-peak.peak_bytes // 2**20), estimated_mib=slot.vram.total_mib,
+                                         measured_at=peak.measured_at)
+
+
 def _budgets(profile: Profile, facts: HostFacts, own_pids: set[int]) -> dict[int, tuple[int, int]]:
     """GPU index -> (budget MiB, MiB in use by processes that are not ours)."""
     out: dict[int, tuple[int, int]] = {}
@@ -397,7 +421,7 @@ def _resolve_auto(index: int, members: list[_Slot], budgets: dict[int, tuple[int
     autos = [s for s in members if s.auto]
     if not autos:
         return
-    fixed = sum(s.vram.total_mib for s in members if not s.auto and s.vram)
+    fixed = sum(_mib(s) for s in members if not s.auto)
     share = (budgets[index][0] - fixed) // len(autos)
     gpu = facts.gpu(index)
     assert gpu is not None
@@ -426,6 +450,9 @@ def _resolve_auto(index: int, members: list[_Slot], budgets: dict[int, tuple[int
 def _describe(slot: _Slot) -> str:
     v = slot.vram
     assert v is not None
+    if slot.measured is not None:
+        return (f"{slot.name}: {slot.measured.total_mib} MiB measured by tune at max_batch_tokens "
+                f"{v.max_batch_tokens} ({v.dtype}; the estimate was {v.total_mib} MiB)")
     return (f"{slot.name}: {v.total_mib} MiB (weights {v.weights_mib} + activations {v.activations_mib} "
             f"at max_batch_tokens {v.max_batch_tokens} + context {v.context_mib}, {v.dtype})")
 
@@ -434,7 +461,7 @@ def _check_budget(index: int, planned: dict[int, list[_Slot]], budgets: dict[int
                   facts: HostFacts, profile: Profile) -> None:
     members = planned[index]
     budget, in_use = budgets[index]
-    need = sum(s.vram.total_mib for s in members if s.vram)
+    need = sum(_mib(s) for s in members)
     if need <= budget:
         return
     gpu = facts.gpu(index)
@@ -449,6 +476,9 @@ def _check_budget(index: int, planned: dict[int, list[_Slot]], budgets: dict[int
 
 
 def _mib(slot: _Slot) -> int:
+    """What the budget counts for an instance: the measured peak where there is one, else the estimate."""
+    if slot.measured is not None:
+        return slot.measured.total_mib
     return slot.vram.total_mib if slot.vram else 0
 
 

@@ -32,7 +32,9 @@ Pure core: standard library and tei_manager.core only.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from tei_manager.core.catalog import ModelInfo
 from tei_manager.core.plan import VramEstimate
@@ -57,6 +59,27 @@ TEI_CONTEXT_MIB = 512
 #: CUDA context of a PyTorch process (larger kernel images) plus allocator slack.
 FALLBACK_CONTEXT_MIB = 1024
 
+
+
+class CalibrationKey(NamedTuple):
+    """What a measured peak is for: an instance's exact model, runtime, dtype, batch budget and device
+    (``cpu`` or the GPU's name). Equal to the calibration store's keys (tei_manager.tune.calibration)."""
+
+    model: str
+    runtime: str
+    dtype: str
+    max_batch_tokens: int
+    device: str
+
+
+@dataclass(frozen=True)
+class MeasuredPeak:
+    peak_bytes: int
+    measured_at: str | None = None
+
+
+#: What the planning service hands the planner: measured peaks by key.
+Calibration = Mapping[CalibrationKey, MeasuredPeak]
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ from tei_manager.instance_keys import bearer
 from tei_manager.orchestrator import InstanceStatus
 from tei_manager.services import Backend
 from tei_manager.tui import gateway_stats
+from tei_manager.tune.runner import Progress, TuneResult
+from tei_manager.tune.session import TuneOptions
 
 Clock = Callable[[], float]
 
@@ -193,6 +195,22 @@ class TuiServices:
             return orchestrator.apply(plan, target.backend, on_event=on_event)
         finally:
             target.close()
+
+    def tune(self, path: Path, options: TuneOptions, progress: Progress) -> TuneResult:
+        """`tei-manager tune` on the backend `apply` would pick (trial instances only; live ones untouched)."""
+        return services.tune_profile(path, options, backend=self.backend_choice, progress=progress)
+
+    def write_tuning(self, path: Path, result: TuneResult, date: str) -> list[str]:
+        """`tune --write`: the chosen values into the profile file; the deployments written."""
+        from tei_manager.tune import report, writeback
+
+        written = []
+        for dep in result.deployments:
+            if dep.recommended is not None:
+                writeback.write(path, dep.request.deployment, dep.recommended,
+                                report.write_comment(dep, result.slo_p99_ms, date))
+                written.append(dep.request.deployment)
+        return written
 
     def down(self, profile: str) -> list[str]:
         """The orchestrator's down on every backend that runs instances of `profile`."""

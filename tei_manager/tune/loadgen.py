@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -109,7 +109,8 @@ def _record(result: StepResult, status: int, began: float, inputs: int) -> None:
 
 
 async def _connection(host: str, port: int, path: str, make_body: BodyMaker, first: int, stride: int,
-                      stop_at: float, measure_from: float, timeout: float, result: StepResult) -> None:
+                      stop_at: float, measure_from: float, timeout: float, result: StepResult,
+                      extra_head: str = "") -> None:
     i = first
     conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
     while time.perf_counter() < stop_at:
@@ -122,7 +123,7 @@ async def _connection(host: str, port: int, path: str, make_body: BodyMaker, fir
                 conn = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
             reader, writer = conn
             head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n").encode()
+                    f"{extra_head}Content-Length: {len(body)}\r\n\r\n").encode()
             writer.write(head + body)
             await asyncio.wait_for(writer.drain(), timeout)
             status = await asyncio.wait_for(_read_response(reader), timeout)
@@ -149,16 +150,21 @@ def _close(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None) -> No
 
 
 async def run_step(base_url: str, path: str, make_body: BodyMaker, *, concurrency: int, seconds: float,
-                   warmup: float = 0.5, timeout: float = 30.0, offset: int = 0) -> StepResult:
-    """Hold ``concurrency`` requests in flight for ``warmup + seconds``; measure the last ``seconds``."""
+                   warmup: float = 0.5, timeout: float = 30.0, offset: int = 0,
+                   headers: Mapping[str, str] | None = None) -> StepResult:
+    """Hold ``concurrency`` requests in flight for ``warmup + seconds``; measure the last ``seconds``.
+
+    ``headers`` go on every request (an instance's internal key: ``authorization: Bearer ...``)."""
     url = urlsplit(base_url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
     result = StepResult(concurrency=concurrency)
+    extra_head = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     start = time.perf_counter()
     measure_from = start + warmup
     stop_at = measure_from + seconds
     await asyncio.gather(*(
-        _connection(host, port, path, make_body, offset + c, concurrency, stop_at, measure_from, timeout, result)
+        _connection(host, port, path, make_body, offset + c, concurrency, stop_at, measure_from, timeout, result,
+                    extra_head)
         for c in range(concurrency)
     ))
     # Requests still running at stop_at finish late; the window is measured from warm-up end to now.

@@ -66,6 +66,10 @@ class LocalWorkerInstance:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {}  # started without an API key: nothing to present
+
     def peak_memory_bytes(self) -> int | None:
         return self._probe.peak_bytes()
 

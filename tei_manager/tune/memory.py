@@ -79,6 +79,25 @@ class CgroupPeak:
         self.peak_bytes()
 
 
+def cgroup_dir_of(pid: int, proc: Path = Path("/proc"), root: Path = Path("/sys/fs/cgroup")) -> Path | None:
+    """The cgroup directory of a process (a container's main process: its container's cgroup).
+
+    cgroup v2 has one line ``0::/path``; v1 has one per controller and the memory one is wanted.
+    None when the process is gone or its cgroup is not visible from here (another namespace).
+    """
+    try:
+        lines = (proc / str(pid) / "cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "" and (root / path.lstrip("/")).is_dir():
+            return root / path.lstrip("/")
+        if "memory" in controllers.split(",") and (root / "memory" / path.lstrip("/")).is_dir():
+            return root / "memory" / path.lstrip("/")
+    return None
+
+
 class NvmlPeak:
     """The most GPU memory the process (and its children) held, sampled every ``interval`` seconds.
 

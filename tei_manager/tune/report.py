@@ -42,14 +42,14 @@ def plotted_step(trial: TrialResult) -> Step | None:
 
 
 def settings_label(settings: Mapping[str, Value], space_keys: Sequence[str]) -> str:
-    return " ".join(f"{_short(k)}={settings[k]}" for k in space_keys if k in settings)
+    return " ".join(f"{short_key(k)}={settings[k]}" for k in space_keys if k in settings)
 
 
 _SHORT = {"max_batch_tokens": "tokens", "max_client_batch_size": "client", "max_batch_requests": "requests",
           "forward_workers": "workers", "max_concurrent_requests": "permits", "dtype": "dtype"}
 
 
-def _short(key: str) -> str:
+def short_key(key: str) -> str:
     return _SHORT.get(key, key)
 
 
@@ -82,7 +82,7 @@ def table(result: DeploymentResult, slo_p99_ms: float) -> Table:
     t = Table(title=f"{result.request.deployment}: throughput at p99 <= {slo_p99_ms:g} ms on {result.device}")
     t.add_column("trial")
     for key in keys:
-        t.add_column(_short(key), justify="right")
+        t.add_column(short_key(key), justify="right")
     for label in ("inputs/s", "concurrency", "p50 ms", "p99 ms", "peak MiB", ""):
         t.add_column(label, justify="right" if label else "left")
     chosen = result.chosen
@@ -109,7 +109,10 @@ def summary_lines(result: DeploymentResult) -> list[str]:
     lines.append(f"{result.request.deployment}: chosen {shown}"
                  f" -> {chosen.throughput:,.1f} inputs/s at p99 {_ms(chosen.best.p99_ms if chosen.best else None)} ms")
     gain = result.gain
-    if gain is not None:
+    if chosen is result.current:
+        lines.append(f"  gain over the current setting: none ({result.current.throughput:,.1f} inputs/s now); "
+                     "nothing the search measured beat it: keep it (permits as recommended)")
+    elif gain is not None:
         lines.append(f"  gain over the current setting: {gain:+.0%} ({result.current.throughput:,.1f} inputs/s now)")
     elif not result.current.meets_slo:
         lines.append("  the current setting does not meet the SLO"
@@ -118,8 +121,8 @@ def summary_lines(result: DeploymentResult) -> list[str]:
                  + (" (stopped by the time budget)" if result.search_stopped_early else ""))
     grid_best = result.grid_best
     if result.grid is not None and grid_best is not None and grid_best.throughput > 0:
-        best_alone = result.best_alone
-        ratio = (best_alone.throughput if best_alone else 0.0) / grid_best.throughput
+        search_best = result.search_best
+        ratio = (search_best.throughput if search_best else 0.0) / grid_best.throughput
         lines.append(f"  full grid: {len(result.grid)} trials, best {grid_best.throughput:,.1f} inputs/s; "
                      f"the search reached {ratio:.1%} of it with {len(result.search)} trials")
     return lines
@@ -227,8 +230,8 @@ def to_json(result: TuneResult) -> dict[str, Any]:
             "grid": None if r.grid is None else {
                 "trials": len(r.grid),
                 "best": grid_best.to_json() if grid_best else None,
-                "search_vs_grid": (round(r.best_alone.throughput / grid_best.throughput, 4)
-                                   if r.best_alone and grid_best and grid_best.throughput > 0 else None),
+                "search_vs_grid": (round(r.search_best.throughput / grid_best.throughput, 4)
+                                   if r.search_best and grid_best and grid_best.throughput > 0 else None),
             },
             "trials": [{"phase": phase, **t.to_json()} for phase, t in _all_trials(r)],
             "seconds": round(r.seconds, 1),
@@ -257,6 +260,10 @@ def save(result: TuneResult, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {"json": out_dir / "tune.json"}
     written["json"].write_text(json.dumps(to_json(result), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    try:
+        import matplotlib  # noqa: F401 - only to know whether the PNGs can be drawn
+    except ImportError:
+        return written  # no plots without the `tune` extra; the JSON and the terminal chart hold the same data
     for r in result.deployments:
         written[r.request.deployment] = plot_png(r, result.slo_p99_ms, out_dir / f"{r.request.deployment}.png")
     return written
@@ -313,7 +320,7 @@ class RichProgress:
 
     def trial_started(self, deployment: str, phase: str, settings: Mapping[str, Value]) -> None:
         task = self._task(deployment)
-        shown = " ".join(f"{_short(k)}={v}" for k, v in settings.items() if k != "max_concurrent_requests")
+        shown = " ".join(f"{short_key(k)}={v}" for k, v in settings.items() if k != "max_concurrent_requests")
         self.progress.update(task, description=f"{deployment} [{phase}] {shown}")
 
     def _completed(self, task: TaskID) -> int:

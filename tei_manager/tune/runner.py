@@ -87,8 +87,9 @@ class DeploymentResult:
 
     @property
     def candidates(self) -> list[TrialResult]:
-        """Every measured setting of the space that met the SLO."""
-        return [t for t in self.search if t.meets_slo]
+        """Every measured setting that met the SLO, the current one included: when nothing the search
+        found beats it, keeping it is the recommendation (never a slower setting than today's)."""
+        return [t for t in [*self.search, self.current] if t.meets_slo]
 
     @property
     def best_alone(self) -> TrialResult | None:
@@ -96,6 +97,12 @@ class DeploymentResult:
         if not passing:
             return None
         return max(passing, key=lambda t: (t.throughput, -(t.peak_memory_bytes or 0)))
+
+    @property
+    def search_best(self) -> TrialResult | None:
+        """The best setting the search found (the current one left out): what is compared with the grid."""
+        passing = [t for t in self.search if t.meets_slo]
+        return max(passing, key=lambda t: (t.throughput, -(t.peak_memory_bytes or 0))) if passing else None
 
     @property
     def chosen(self) -> TrialResult | None:

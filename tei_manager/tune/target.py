@@ -41,6 +41,11 @@ class TrialInstance(Protocol):
         """``http://127.0.0.1:PORT``: where the load generator sends requests."""
         ...
 
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """What every request carries to be let in (the instance's internal key), or nothing."""
+        ...
+
     def peak_memory_bytes(self) -> int | None:
         """The most memory the instance has held since it started (warm-up included): GPU memory of
         its processes on a GPU, resident memory on CPU; None when it cannot be read."""

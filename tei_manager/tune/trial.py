@@ -141,7 +141,7 @@ async def drive(instance: TrialInstance, workload: Workload, settings: Settings,
         raw = await run_step(
             instance.base_url, workload.path, lambda i: workload.body(i, batch), concurrency=concurrency,
             seconds=schedule.step_seconds, warmup=schedule.warmup_seconds, timeout=schedule.request_timeout,
-            offset=offset,
+            offset=offset, headers=instance.headers,
         )
         offset += 10_007  # each step starts elsewhere in the workload
         ended = instance.exited()

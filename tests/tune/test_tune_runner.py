@@ -59,6 +59,10 @@ class SimulatedInstance:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
+
     def peak_memory_bytes(self) -> int | None:
         return self.peak
 
@@ -101,7 +105,7 @@ def test_search_and_full_grid_in_one_run() -> None:
     # Every point ran once: the grid reused what the search had measured.
     assert len(target.started) == 1 + SPACE.size
     assert len(dep.search) < SPACE.size
-    grid_best, chosen = dep.grid_best, dep.best_alone
+    grid_best, chosen = dep.grid_best, dep.search_best
     assert grid_best is not None and chosen is not None
     assert chosen.throughput >= 0.8 * grid_best.throughput  # simulated, but still measured: some noise
     assert dep.recommended is not None and dep.recommended["max_client_batch_size"] == 4

@@ -107,6 +107,10 @@ class _FailingInstance:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
+
     def peak_memory_bytes(self) -> int | None:
         return None
 

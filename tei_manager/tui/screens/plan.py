@@ -30,11 +30,13 @@ def summary(preview: PlanPreview) -> str:
 class PlanScreen(TuiScreen):
     HELP = (
         "Nothing has changed yet. The budget shows what the plan puts on each GPU; the table\n"
-        "shows what apply would do to each instance. Press a to apply (you confirm first)."
+        "shows what apply would do to each instance. Press a to apply (you confirm first),\n"
+        "t to tune a deployment (measured on temporary instances; nothing live changes)."
     )
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("a", "apply", "Apply"),
         Binding("r", "replan", "Re-plan"),
+        Binding("t", "tune", "Tune"),
         Binding("escape", "app.back", "Back"),
     ]
 
@@ -114,3 +116,12 @@ class PlanScreen(TuiScreen):
                 self.app.switch_screen(ProgressScreen(plan, preview.actions))
 
         self.app.push_screen(ConfirmScreen(f"Apply {plan.profile}", question, "Apply"), confirmed)
+
+    def action_tune(self) -> None:
+        from tei_manager.tui.screens.tune import TuneScreen
+
+        preview = self.preview
+        if preview is None or preview.plan is None:
+            self.notify("there is no plan to tune", severity="warning")
+            return
+        self.app.push_screen(TuneScreen(self.source, list(preview.plan.deployments())))
