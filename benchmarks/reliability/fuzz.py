@@ -242,34 +242,47 @@ def scan_log(path: Path) -> tuple[int, int]:
     return tracebacks, errors
 
 
-def main() -> int:
-    sys.path.insert(0, str(ROOT / "tests"))
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+Target = tuple[str, str, dict[str, str]]  # name, base URL, auth headers
+
+
+def add_target_arguments(ap: argparse.ArgumentParser, verb: str) -> None:
+    """The options every reliability script takes to choose what it attacks."""
     ap.add_argument("--model-id", help="model for the worker this script starts (default: the packaged MiniLM)")
-    ap.add_argument("--worker-url", help="fuzz a running worker instead of starting one (its log is not scanned)")
+    ap.add_argument("--worker-url", help=f"{verb} a running worker instead of starting one (its log is not scanned)")
     ap.add_argument("--worker-args", default="", help="extra flags for the started worker, one string")
-    ap.add_argument("--gateway-url", help="also fuzz this gateway (loopback only)")
+    ap.add_argument("--gateway-url", help=f"also {verb} this gateway (loopback only)")
     ap.add_argument("--gateway-key", default=os.environ.get("GATEWAY_KEY"), help="API key for the gateway [env: GATEWAY_KEY]")
     ap.add_argument("--gateway-log", type=Path, help="the gateway's log file, scanned for tracebacks and error lines")
-    ap.add_argument("--max-examples", type=int, default=25, help="generated cases per operation and mode")
-    ap.add_argument("--time-limit", type=float, default=600.0, help="seconds for the generated part")
-    args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="fuzz-"))
-    log_path = tmp / "worker.log"
+
+def open_targets(args: argparse.Namespace, log_path: Path) -> tuple[subprocess.Popen[bytes] | None, str, list[Target]]:
+    """Start the worker (unless --worker-url) and list the targets: (worker process, worker URL, targets)."""
     proc = None
     if args.worker_url:
         require_loopback(args.worker_url)
         worker_url = args.worker_url.rstrip("/")
     else:
+        sys.path.insert(0, str(ROOT / "tests"))
         from fixtures.tiny_models import minilm_path  # type: ignore[import-not-found]  # tests/ is put on the path
 
         proc, worker_url = start_worker(args.model_id or str(minilm_path()), log_path, args.worker_args.split())
-    targets: list[tuple[str, str, dict[str, str]]] = [("worker", worker_url, {})]
+    targets: list[Target] = [("worker", worker_url, {})]
     if args.gateway_url:
         require_loopback(args.gateway_url)
         auth = {"authorization": f"Bearer {args.gateway_key}"} if args.gateway_key else {}
         targets.append(("gateway", args.gateway_url.rstrip("/"), auth))
+    return proc, worker_url, targets
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_target_arguments(ap, "fuzz")
+    ap.add_argument("--max-examples", type=int, default=25, help="generated cases per operation and mode")
+    ap.add_argument("--time-limit", type=float, default=600.0, help="seconds for the generated part")
+    args = ap.parse_args()
+
+    log_path = Path(tempfile.mkdtemp(prefix="fuzz-")) / "worker.log"
+    proc, worker_url, targets = open_targets(args, log_path)
 
     tally = Tally()
     began = time.monotonic()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -38,10 +37,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 from fuzz import (  # the same worker setup
+    add_target_arguments,
+    open_targets,
     peak_rss_mb,
-    require_loopback,
     scan_log,
-    start_worker,
 )
 
 TRICKLE_S = 2.0
@@ -155,33 +154,14 @@ def failures_5xx(url: str, headers: dict[str, str]) -> dict[str, float]:
 
 
 def main() -> int:
-    sys.path.insert(0, str(ROOT.parents[1] / "tests"))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-id", help="model for the worker this script starts (default: the packaged MiniLM)")
-    ap.add_argument("--worker-url", help="use a running worker instead of starting one (its log is not scanned)")
-    ap.add_argument("--worker-args", default="", help="extra flags for the started worker, one string")
-    ap.add_argument("--gateway-url", help="also attack this gateway (loopback only)")
-    ap.add_argument("--gateway-key", default=os.environ.get("GATEWAY_KEY"), help="API key for the gateway [env: GATEWAY_KEY]")
-    ap.add_argument("--gateway-log", type=Path, help="the gateway's log file, scanned for tracebacks and error lines")
+    add_target_arguments(ap, "attack")
     ap.add_argument("--connections", type=int, default=250)
     ap.add_argument("--limit", type=float, default=60.0, help="seconds each attack may last at most")
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="slow-clients-"))
-    log_path = tmp / "worker.log"
-    proc = None
-    if args.worker_url:
-        require_loopback(args.worker_url)
-        worker_url = args.worker_url.rstrip("/")
-    else:
-        from fixtures.tiny_models import minilm_path  # type: ignore[import-not-found]  # tests/ is put on the path
-
-        proc, worker_url = start_worker(args.model_id or str(minilm_path()), log_path, args.worker_args.split())
-    targets: list[tuple[str, str, dict[str, str]]] = [("worker", worker_url, {})]
-    if args.gateway_url:
-        require_loopback(args.gateway_url)
-        auth = {"authorization": f"Bearer {args.gateway_key}"} if args.gateway_key else {}
-        targets.append(("gateway", args.gateway_url.rstrip("/"), auth))
+    log_path = Path(tempfile.mkdtemp(prefix="slow-clients-")) / "worker.log"
+    proc, worker_url, targets = open_targets(args, log_path)
 
     results: list[dict[str, Any]] = []
     try:
