@@ -30,6 +30,7 @@ class ServerConfig:
     embed_path: str
     rerank_path: str
     env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = ROOT
 
     def command(self, port: int) -> list[str]:
         return [arg.replace("{port}", str(port)) for arg in self.argv]
@@ -37,7 +38,7 @@ class ServerConfig:
     def shown(self) -> str:
         """The exact command line, environment first, as it can be pasted into a shell."""
         env = " ".join(f"{k}={v}" for k, v in sorted(self.env.items()))
-        return f"{env} {' '.join(self.argv)}".strip()
+        return f"cd {self.cwd} && {env} {' '.join(self.argv)}"
 
 
 # ---- configurations -----------------------------------------------------------------------------
@@ -80,14 +81,20 @@ DEFAULT_INFINITY_SETTINGS = (
 )
 
 
-def infinity_config(binary: str, model: str, setting: InfinitySetting, hf_home: Path) -> ServerConfig:
-    """Infinity's v2 CLI for one setting; its routes carry no /v1 prefix by default (url_prefix "")."""
-    argv = (binary, "v2", "--model-id", model, "--served-model-name", "model", "--engine", setting.engine,
-            "--device", "cpu", "--dtype", setting.dtype, "--batch-size", str(setting.batch_size),
+def infinity_config(binary: str, model: Path, setting: InfinitySetting, hf_home: Path) -> ServerConfig:
+    """Infinity's v2 CLI for one setting; its routes carry no /v1 prefix by default (url_prefix "").
+
+    The optimum engine is started inside the model directory as `--model-id .`: Infinity 0.0.78
+    passes the ONNX file's path, as found under the model id, to optimum as a file name, and
+    optimum 2 matches it against bare file names, so only a model.onnx found as `model.onnx` loads."""
+    onnx = setting.engine == "optimum"
+    argv = (binary, "v2", "--model-id", "." if onnx else str(model), "--served-model-name", "model",
+            "--engine", setting.engine, "--device", "cpu", "--dtype", setting.dtype,
+            "--batch-size", str(setting.batch_size),
             "--model-warmup", "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning")
     # HF_HOME: where the optimum engine caches its optimized graph, kept out of the user's cache.
     return ServerConfig(setting.name, "infinity", argv, "/embeddings", "/rerank",
-                        {**INFINITY_ENV, "HF_HOME": str(hf_home)})
+                        {**INFINITY_ENV, "HF_HOME": str(hf_home)}, model if onnx else ROOT)
 
 
 def infinity_has_optimum(binary: str) -> bool:
@@ -98,13 +105,20 @@ def infinity_has_optimum(binary: str) -> bool:
 
 
 def onnx_copy(binary: str, model: Path, task: str, out: Path) -> Path:
-    """A copy of `model` with `onnx/model.onnx` beside it, as hub repos ship it for Infinity's
-    `optimum` engine (which refuses a directory without one); exported in float32 by optimum-cli."""
-    if (out / "onnx" / "model.onnx").is_file():
+    """A copy of `model` with a float32 `model.onnx` exported by optimum-cli, as hub repos ship one
+    for Infinity's `optimum` engine (which refuses a directory without one).
+
+    The graph is exported already optimized for CPU (O2: ONNX Runtime's fusions of attention,
+    layer norm and GELU, exact GELU kept) because Infinity 0.0.78's own optimization step fails on
+    optimum 2 (`OptimizationConfig` lost `optimize_with_onnxruntime_only`) and would fall back to
+    the plain graph. `--library-name transformers`: the encoder's last_hidden_state as output, which
+    Infinity pools itself (a sentence-transformers export has other output names)."""
+    if (out / "model.onnx").is_file():
         return out
     shutil.copytree(model, out, dirs_exist_ok=True)
     cli = Path(binary).with_name("optimum-cli")
-    cmd = [str(cli), "export", "onnx", "--model", str(model), "--task", task, "--dtype", "fp32", str(out / "onnx")]
+    cmd = [str(cli), "export", "onnx", "--model", str(model), "--task", task, "--library-name", "transformers",
+           "--dtype", "fp32", "--optimize", "O2", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, **OFFLINE_ENV})
     return out
 
@@ -148,7 +162,7 @@ def free_port() -> int:
 def start(config: ServerConfig, port: int, log: Path) -> subprocess.Popen[bytes]:
     """Start the server, its output to `log` (read it when a start fails)."""
     with log.open("ab") as sink:
-        return subprocess.Popen(config.command(port), cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+        return subprocess.Popen(config.command(port), cwd=config.cwd, stdout=sink, stderr=subprocess.STDOUT,
                                 env={**os.environ, **config.env})
 
 

@@ -133,8 +133,8 @@ def suite_configs(args: argparse.Namespace, name: str, model: Path, workdir: Pat
         served = model
         if setting.engine == "optimum":
             task = "feature-extraction" if name == "embed" else "text-classification"
-            served = onnx_copy(args.infinity_bin, model, task, workdir / f"{model.name}-onnx")
-        configs.append(infinity_config(args.infinity_bin, str(served), setting, workdir / "hf_home"))
+            served = onnx_copy(args.infinity_bin, model, task, workdir / f"{name}-onnx")
+        configs.append(infinity_config(args.infinity_bin, served, setting, workdir / "hf_home"))
     return configs
 
 
