@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -235,6 +236,10 @@ def run_rounds(suite: Suite, args: argparse.Namespace, workdir: Path) -> dict[st
 
 # ---- summarizing --------------------------------------------------------------------------------
 def spread(values: list[float]) -> dict[str, float]:
+    """Median and range; rounds without a completed request (no latency, NaN) are left out."""
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return {"median": math.nan, "min": math.nan, "max": math.nan}
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
