@@ -7,7 +7,7 @@
     PYTHONPATH=$PWD python3 benchmarks/worker_vs_infinity.py --out quiet.json
     # the same under a fixed background load: one busy process pinned to one core
     PYTHONPATH=$PWD python3 benchmarks/worker_vs_infinity.py --background-load 1 --out loaded.json
-    # checks the script itself in about two minutes (the figures mean nothing)
+    # checks the script itself in a few minutes (the figures mean nothing)
     PYTHONPATH=$PWD python3 benchmarks/worker_vs_infinity.py --smoke --out smoke.json
 
 Method. Per round, for each suite (embed, rerank) and each server configuration in turn: start the
@@ -327,9 +327,13 @@ def parse_args() -> argparse.Namespace:
                     help="N busy processes pinned to cores while measuring (goal then >= 1.5x)")
     ap.add_argument("--corpus", choices=("rag", "legacy"), default="rag")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/worker_vs_infinity"))
-    ap.add_argument("--smoke", action="store_true", help="tiny reranker: checks the script, not speed")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny reranker, one round of 1 s per scenario: checks the script, not speed")
     ap.add_argument("--out", type=Path)
-    return ap.parse_args()
+    args = ap.parse_args()
+    if args.smoke:
+        args.rounds, args.seconds, args.warmup, args.ceiling_seconds = 1, 1.0, 0.5, 1.0
+    return args
 
 
 def host_state() -> dict[str, Any]:
