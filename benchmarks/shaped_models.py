@@ -59,7 +59,7 @@ def build_model(directory: Path, kind: str, config_values: dict[str, Any], devic
         (directory / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length}))
     else:
         config = XLMRobertaConfig(**config_values, architectures=["XLMRobertaForSequenceClassification"],
-                                  num_labels=1)
+                                  num_labels=1)  # type: ignore[call-arg]  # a PretrainedConfig kwarg
         with torch.device(device):
             model = XLMRobertaForSequenceClassification(config)
     model.half().save_pretrained(directory)

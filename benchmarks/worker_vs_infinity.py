@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import math
 import os
@@ -54,6 +55,7 @@ from bench_texts import corpus, rag_texts  # noqa: E402
 from peer_servers import (  # noqa: E402
     DEFAULT_INFINITY_SETTINGS,
     InfinitySetting,
+    MakeBody,
     ServerConfig,
     embed_body,
     free_port,
@@ -97,7 +99,7 @@ class Suite:
     queries: list[str]
     configs: list[ServerConfig]
 
-    def body(self, config: ServerConfig, scenario: Scenario) -> Any:
+    def body(self, config: ServerConfig, scenario: Scenario) -> MakeBody:
         if self.name == "embed":
             return embed_body(self.texts, scenario.inputs)
         return rerank_body(config.peer, self.queries, self.texts, scenario.inputs)
@@ -134,7 +136,8 @@ def suite_configs(args: argparse.Namespace, name: str, model: Path, workdir: Pat
         served = model
         if setting.engine == "optimum":
             task = "feature-extraction" if name == "embed" else "text-classification"
-            served = onnx_copy(args.infinity_bin, model, task, workdir / f"{name}-onnx")
+            tag = hashlib.sha1(str(model.resolve()).encode()).hexdigest()[:8]  # one export per model
+            served = onnx_copy(args.infinity_bin, model, task, workdir / f"{name}-{model.name}-{tag}-onnx")
         configs.append(infinity_config(args.infinity_bin, served, setting, workdir / "hf_home"))
     return configs
 

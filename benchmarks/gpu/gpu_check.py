@@ -45,8 +45,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks"), str(REPO / "tests")]
 
-from shaped_models import BGE_M3_CONFIG, SMOKE_CONFIG, build_model # noqa: E402 - after the sys.path line
-from worker_loadgen import Result, run_load # noqa: E402
+from shaped_models import BGE_M3_CONFIG, SMOKE_CONFIG, build_model  # noqa: E402 - after the sys.path line
+from worker_loadgen import Result, run_load  # noqa: E402
 
 MIB = 1024 * 1024
 
