@@ -114,9 +114,9 @@ RERANK_SCENARIOS = [Scenario(1, 16), Scenario(1, 100), Scenario(16, 16), Scenari
 
 # ---- setup --------------------------------------------------------------------------------------
 def reranker_model(workdir: Path, smoke: bool) -> Path:
-    from shaped_models import CPU_RERANKER_CONFIG, SMOKE_CONFIG, build_model
+    from shaped_models import CPU_RERANKER_CONFIG, SMOKE_RERANKER_CONFIG, build_model
 
-    name, config = ("reranker-smoke", SMOKE_CONFIG) if smoke else ("reranker-cpu", CPU_RERANKER_CONFIG)
+    name, config = ("reranker-smoke", SMOKE_RERANKER_CONFIG) if smoke else ("reranker-cpu", CPU_RERANKER_CONFIG)
     return build_model(workdir / name, "rerank", config)
 
 
