@@ -117,7 +117,7 @@ def reranker_model(workdir: Path, smoke: bool) -> Path:
     from shaped_models import CPU_RERANKER_CONFIG, SMOKE_RERANKER_CONFIG, build_model
 
     name, config = ("reranker-smoke", SMOKE_RERANKER_CONFIG) if smoke else ("reranker-cpu", CPU_RERANKER_CONFIG)
-    return build_model(workdir / name, "rerank", config)
+    return build_model(workdir / name, "rerank", config, model_max_length=512)
 
 
 def infinity_settings(args: argparse.Namespace) -> list[InfinitySetting]:
