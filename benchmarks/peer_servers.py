@@ -81,7 +81,8 @@ DEFAULT_INFINITY_SETTINGS = (
 )
 
 
-def infinity_config(binary: str, model: Path, setting: InfinitySetting, hf_home: Path) -> ServerConfig:
+def infinity_config(binary: str, model: Path, setting: InfinitySetting, hf_home: Path, *,
+                    warmup: bool = True) -> ServerConfig:
     """Infinity's v2 CLI for one setting; its routes carry no /v1 prefix by default (url_prefix "").
 
     The optimum engine is started inside the model directory as `--model-id .`: Infinity 0.0.78
@@ -90,8 +91,8 @@ def infinity_config(binary: str, model: Path, setting: InfinitySetting, hf_home:
     onnx = setting.engine == "optimum"
     argv = (binary, "v2", "--model-id", "." if onnx else str(model), "--served-model-name", "model",
             "--engine", setting.engine, "--device", "cpu", "--dtype", setting.dtype,
-            "--batch-size", str(setting.batch_size),
-            "--model-warmup", "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning")
+            "--batch-size", str(setting.batch_size), "--model-warmup" if warmup else "--no-model-warmup",
+            "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning")
     # HF_HOME: where the optimum engine caches its optimized graph, kept out of the user's cache.
     return ServerConfig(setting.name, "infinity", argv, "/embeddings", "/rerank",
                         {**INFINITY_ENV, "HF_HOME": str(hf_home)}, model if onnx else ROOT)

@@ -133,12 +133,17 @@ def suite_configs(args: argparse.Namespace, name: str, model: Path, workdir: Pat
     """The worker, then every Infinity setting (optimum on an ONNX export of the same weights)."""
     configs = [worker_config(str(model))]
     for setting in infinity_settings(args):
-        served = model
+        served, warmup = model, True
         if setting.engine == "optimum":
             task = "feature-extraction" if name == "embed" else "text-classification"
             tag = hashlib.sha1(str(model.resolve()).encode()).hexdigest()[:8]  # one export per model
             served = onnx_copy(args.infinity_bin, model, task, workdir / f"{name}-{model.name}-{tag}-onnx")
-        configs.append(infinity_config(args.infinity_bin, served, setting, workdir / "hf_home"))
+            # Infinity's ONNX cross-encoder warms up with batch-size pairs of ~4100 tokens (it cuts
+            # at max_position_embeddings, 8194 here as in bge-reranker-v2-m3): ONNX Runtime asks
+            # for 25 GB for one attention and the server exits. The discarded seconds before each
+            # scenario warm it up instead.
+            warmup = name == "embed"
+        configs.append(infinity_config(args.infinity_bin, served, setting, workdir / "hf_home", warmup=warmup))
     return configs
 
 
