@@ -26,8 +26,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the worker's own default;
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from bench_texts import corpus
+from peer_servers import free_port, start_worker, stop, wait_ready
 from worker_loadgen import openai_body, run_load
-from worker_vs_infinity import corpus, free_port, start_worker, stop, wait_ready
 
 
 def ceiling(model: str, texts: list[str], seconds: float) -> tuple[dict[int, float], float]:

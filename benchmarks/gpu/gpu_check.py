@@ -45,21 +45,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks"), str(REPO / "tests")]
 
-from worker_loadgen import Result, run_load
+from shaped_models import BGE_M3_CONFIG, SMOKE_CONFIG, build_model  # noqa: E402 - after the sys.path line
+from worker_loadgen import Result, run_load  # noqa: E402
 
 MIB = 1024 * 1024
 
-# config.json of BAAI/bge-m3 (the reranker shares the encoder; its head adds num_labels=1).
-BGE_M3_CONFIG: dict[str, Any] = {
-    "vocab_size": 250002, "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
-    "intermediate_size": 4096, "hidden_act": "gelu", "max_position_embeddings": 8194, "type_vocab_size": 1,
-    "layer_norm_eps": 1e-05, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
-    "position_embedding_type": "absolute",
-}
-SMOKE_CONFIG: dict[str, Any] = {
-    **BGE_M3_CONFIG, "vocab_size": 512, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-    "intermediate_size": 64, "max_position_embeddings": 514,
-}
 CATALOG_KEY = {"embed": "BAAI/bge-m3", "rerank": "BAAI/bge-reranker-v2-m3"}
 
 
@@ -96,40 +86,6 @@ class SettingResult:
 
 
 # ---- models -------------------------------------------------------------------------------------
-def build_model(directory: Path, kind: str, config_values: dict[str, Any], device: str) -> Path:
-    """A bge-shaped checkout in `directory`: config, float16 safetensors, tokenizer, ST files."""
-    import torch
-    from fixtures.tiny_models import train_tokenizer
-    from transformers import (
-        XLMRobertaConfig,
-        XLMRobertaForSequenceClassification,
-        XLMRobertaModel,
-    )
-
-    if (directory / "model.safetensors").is_file():
-        return directory
-    directory.mkdir(parents=True, exist_ok=True)
-    max_length = int(config_values["max_position_embeddings"]) - 2
-    train_tokenizer(directory, model_max_length=max_length)
-    torch.manual_seed(0)
-    if kind == "embed":
-        config = XLMRobertaConfig(**config_values, architectures=["XLMRobertaModel"])
-        with torch.device(device):
-            model: Any = XLMRobertaModel(config, add_pooling_layer=False)
-        (directory / "1_Pooling").mkdir(exist_ok=True)
-        (directory / "1_Pooling" / "config.json").write_text(json.dumps(
-            {"word_embedding_dimension": config.hidden_size, "pooling_mode_cls_token": True,
-             "pooling_mode_mean_tokens": False}))
-        (directory / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length}))
-    else:
-        config = XLMRobertaConfig(**config_values, architectures=["XLMRobertaForSequenceClassification"],
-                                  num_labels=1)
-        with torch.device(device):
-            model = XLMRobertaForSequenceClassification(config)
-    model.half().save_pretrained(directory)
-    return directory
-
-
 def texts_with_lengths(lengths: list[int]) -> list[str]:
     """One text per wanted length, in tokens of the trained tokenizer (whole words, ~1 token each)."""
     from fixtures.tiny_models import corpus
