@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tei_manager.backends.base import Backend, BackendEntry, HostPids, Options, SlotRenaming
 from tei_manager.backends.registry import (
@@ -32,6 +33,9 @@ from tei_manager.core.facts import HostFacts, normalize_arch
 from tei_manager.core.models import Profile
 from tei_manager.core.plan import Plan
 from tei_manager.errors import HostError, PlanError, ProfileError, TeiManagerError
+
+if TYPE_CHECKING:
+    from tei_manager.models.source import Sized
 
 __all__ = [
     "AUTO",
@@ -197,11 +201,27 @@ def plan_with(profile: Profile, facts: HostFacts, capabilities: Capabilities, *,
               observed_ports: Iterable[int] = (), own_pids: Iterable[int] = ()) -> Plan:
     from tei_manager.core.planner import plan
 
+    sized = _sized_models(profile)
     try:
-        return plan(profile, facts, observed_ports=observed_ports, source=source, own_pids=own_pids,
-                    capabilities=capabilities)
+        result = plan(profile, facts, observed_ports=observed_ports, source=source, own_pids=own_pids,
+                      capabilities=capabilities, sized_models=sized.infos)
     except TeiManagerError as exc:
         raise _with_cpu_note(exc, facts) from None
+    numbers = {key: origin.replace("files", sized.where.get(key, "files")) for key, origin in
+               result.model_numbers.items()}
+    return result.model_copy(update={"model_numbers": numbers})
+
+
+def _sized_models(profile: Profile) -> Sized:
+    """Numbers read from the models' own files (tei_manager.models.source); a model nothing else
+    describes and whose files cannot be read is refused here, with the reason."""
+    from tei_manager.models.source import described, size_models, sizing_failure
+
+    sized = size_models(profile)
+    for key, problem in sized.problems.items():
+        if not described(profile.models[key]):
+            raise sizing_failure(key, profile.models[key], problem)
+    return sized
 
 
 def live_plan(path: str | Path, target: Target, facts: HostFacts | None = None) -> Plan:

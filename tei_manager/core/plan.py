@@ -191,6 +191,10 @@ class Plan(Frozen):
         default_factory=dict, description="Tenants with their quotas and key *references* (never key values)."
     )
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    model_numbers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Model key -> where the VRAM model's numbers came from: profile, files (where), catalog.",
+    )
 
     def deployments(self) -> dict[str, tuple[InstancePlan, ...]]:
         """Deployment name -> its replicas, by replica number.  Backends that run a deployment as
