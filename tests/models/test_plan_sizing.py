@@ -14,7 +14,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fixtures.hub_standin import hub_standin
-from fixtures.tiny_models import build_tiny_embedder
 
 from tei_manager.cli import output
 from tei_manager.cli.app import main
@@ -23,13 +22,6 @@ from tei_manager.services import plan_profile
 
 ONE_GPU = "0:NVIDIA L20:46068MiB:8.9"
 SMALL_GPU = "0:NVIDIA T4:2048MiB:7.5"
-
-
-@pytest.fixture(scope="module")
-def hub_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("hub")
-    build_tiny_embedder(root / "acme" / "tiny-embedder")
-    return root
 
 
 @pytest.fixture(autouse=True)
