@@ -36,6 +36,7 @@ from tei_manager.errors import HostError, PlanError, ProfileError, TeiManagerErr
 
 if TYPE_CHECKING:
     from tei_manager.models.source import Sized
+    from tei_manager.models.store import ProgressSink, Pulled
 
 __all__ = [
     "AUTO",
@@ -51,6 +52,7 @@ __all__ = [
     "open_target",
     "plan_profile",
     "profile_name",
+    "pull_missing",
 ]
 
 AUTO = "auto"
@@ -267,3 +269,14 @@ def plan_profile(path: str | Path, *, backend: str = AUTO, options: Options | No
     entry, _ = _choose(choice, facts, None, options)
     caps = auto_capabilities(entry, facts) if choice == AUTO else entry.capabilities(facts)
     return plan_with(profile, facts, caps, source=str(path))
+
+
+def pull_missing(path: str | Path, on_progress: ProgressSink | None = None) -> list[Pulled]:
+    """What `apply` does before starting instances: fetch the profile's hub models that are not yet
+    in the cache the instances mount, so that health gates time start-up, not downloads.  Nothing
+    when the cache is a Docker volume (instances then download for themselves)."""
+    from tei_manager.models.store import missing, pull
+
+    profile = load(path)
+    keys = missing(profile)
+    return pull(profile, keys=keys, on_progress=on_progress) if keys else []

@@ -11,12 +11,21 @@ import json
 import typer
 
 from tei_manager.cli import watch_cmd
+from tei_manager.cli.models_cmd import PullProgress, print_pulled
 from tei_manager.cli.options import backend_option, with_backend_options
 from tei_manager.cli.output import console, err_console
 from tei_manager.cli.render import ApplyRenderer, print_table, status_json, status_table
 from tei_manager.errors import BackendError, TeiManagerError
 from tei_manager.orchestrator import DEFAULT_TIMEOUT_S, InstanceStep, apply, down, status
-from tei_manager.services import Options, close_all, live_plan, open_readers, open_target, profile_name
+from tei_manager.services import (
+    Options,
+    close_all,
+    live_plan,
+    open_readers,
+    open_target,
+    profile_name,
+    pull_missing,
+)
 
 BackendOpt = backend_option()
 
@@ -27,8 +36,9 @@ BackendOpt = backend_option()
 def apply_cmd(
     profile: str = typer.Argument(..., help="Profile file, e.g. profiles/multi-tenant.yaml."),
     backend: str = BackendOpt,
-    timeout: float = typer.Option(DEFAULT_TIMEOUT_S, "--timeout", min=1,
-                                  help="Seconds each instance may take to become healthy (downloads included)."),
+    timeout: float = typer.Option(
+        DEFAULT_TIMEOUT_S, "--timeout", min=1,
+        help="Seconds each instance may take to become healthy (missing models are pulled before)."),
     *,
     backend_options: Options,
 ) -> None:
@@ -42,6 +52,9 @@ def apply_cmd(
         plan = live_plan(profile, target, facts)
         for warning in plan.warnings:
             err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        with PullProgress() as bars:  # models first: the health gates then time start-up only
+            pulled = pull_missing(profile, on_progress=bars)
+        print_pulled(pulled)
         renderer = ApplyRenderer(console)
         try:
             result = apply(plan, engine, on_event=renderer, timeout_s=timeout)

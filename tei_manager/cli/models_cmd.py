@@ -102,12 +102,12 @@ def ls_command(
     directory: Optional[Path] = typer.Option(None, "--dir", help="A cache directory instead of a profile's."),
 ) -> None:
     """List the models in a profile's cache (or --dir): revisions, size, unfinished downloads."""
-    from tei_manager.models.store import complete, list_cache
+    from tei_manager.models.store import complete, hub_models, list_cache
     from tei_manager.services import load
 
     cache = _cache_of(profile, directory)
     found = list_cache(cache)
-    wanted = {s.id: s for s in load(profile).models.values()} if profile is not None else {}
+    wanted = {s.id: s for s in hub_models(load(profile)).values()} if profile is not None else {}
     if not found and not wanted:
         console.print(f"no models in {cache}", highlight=False, soft_wrap=True)
         return
@@ -124,9 +124,8 @@ def ls_command(
             state = "not in the profile"
         table.add_row(item.hub_id, ", ".join(f"{k}={v[:10]}" for k, v in item.refs.items()),
                       ", ".join(r[:10] for r in item.revisions), _size(item.size), state)
-    for hub_id, spec in wanted.items():
-        if spec.path is None:
-            table.add_row(hub_id, "", "", "-", "missing: run `models pull`")
+    for hub_id in wanted:
+        table.add_row(hub_id, "", "", "-", "missing: run `models pull`")
     console.print(table)
 
 
