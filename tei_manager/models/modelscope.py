@@ -6,7 +6,8 @@ Implemented against ModelScope's documented HTTP file API, which its own client 
     GET {endpoint}/api/v1/models/{owner}/{name}/repo/files?Revision={rev}&Recursive=true   the file list
 
 No ModelScope endpoint is reachable from the test machines and its client cannot be pointed at a
-loopback stand-in here, so this path is untested against the real service (docs/models.md says so).
+loopback stand-in here; tests/fixtures/hub_standin.py answers the documented API, so this path is
+tested against that reading of the documentation, not against the real service (docs/models.md).
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ def pull_modelscope(profile: Profile, key: str, spec: ModelSpec, cache: Path, *,
     links, refs/<revision>), so that instances find it exactly as a model pulled from the hub.
 
     Resumes from `blobs/<sha256>.incomplete` with a Range request; verifies each file's sha256
-    against ModelScope's listing.  Untested against the real service (see the module docstring).
+    against ModelScope's listing.  Not tested against the real service (see the module docstring).
     """
-    from tei_manager.models.source import repo_folder, resolve_token
+    from tei_manager.models.source import DEFAULT_REVISION, repo_folder, resolve_token
     from tei_manager.models.store import FileProgress, ModelStoreError, Pulled, fetch, file_digest, link_snapshot
 
     endpoint = profile.hub.modelscope_endpoint
@@ -101,8 +102,9 @@ def pull_modelscope(profile: Profile, key: str, spec: ModelSpec, cache: Path, *,
 
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         fetched = sum(pool.map(one, files))
+    # The runtimes look the model up as the hub client does: refs/<revision as pinned, else main>.
     (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / revision).write_text(revision)
+    (repo / "refs" / (spec.revision or DEFAULT_REVISION)).write_text(revision)
     return Pulled(key=key, hub_id=spec.id, revision=revision, source=f"modelscope {endpoint}",
                   path=repo / "snapshots" / revision, files=len(files),
                   size=sum(int(f.get("Size") or 0) for f in files), fetched=fetched)

@@ -22,6 +22,8 @@ from fixtures.hub_standin import commit_of, hub_standin
 
 from tei_manager.cli import output
 from tei_manager.cli.app import main
+from tei_manager.models.sizing import size_from_files
+from tei_manager.models.source import locate
 from tei_manager.models.store import ModelStoreError, complete, pull
 from tei_manager.profiles import load_profile
 
@@ -174,3 +176,27 @@ def test_export_then_import_on_a_host_without_the_hub(tmp_path: Path, hub_root: 
     assert main(["models", "import", str(tampered), "--dir", str(third)]) == 1
     assert "does not match its sha256" in capsys.readouterr().err
     assert not (third / FOLDER).exists()
+
+
+def test_a_modelscope_model_lands_in_the_cache_layout_the_runtimes_read(
+        tmp_path: Path, hub_root: Path, online: None) -> None:
+    """ModelScope's client cannot be pointed at loopback: the stand-in follows its documented file API."""
+    with hub_standin(hub_root) as hub:
+        profile = write_profile(tmp_path, hub.endpoint)
+        profile.write_text(profile.read_text().replace(
+            f'hub: {{endpoint: "{hub.endpoint}"', f'hub: {{endpoint: "http://127.0.0.1:9", '
+                                                  f'modelscope_endpoint: "{hub.endpoint}"').replace(
+            "revision: main}", "source: modelscope}"))
+        spec = load_profile(profile)
+        remote = locate("m", spec.models["m"], spec, network=True)
+        assert remote is not None and remote.where == f"files on {hub.endpoint}"
+        sized_remotely = size_from_files(REPO, remote.files)  # ranged reads of ModelScope's file API
+        (pulled,) = pull(spec)
+        assert [r for r in hub.requests if r.startswith("GET /api/v1/models/acme/tiny-embedder/repo")]
+    assert pulled.source == f"modelscope {hub.endpoint}" and pulled.fetched == pulled.files
+    assert complete(tmp_path / "cache", spec.models["m"])  # refs/main -> the snapshot, as TEI looks it up
+    weights = hub_root / "acme" / "tiny-embedder" / "model.safetensors"
+    assert (pulled.path / "model.safetensors").read_bytes() == weights.read_bytes()
+    cached = locate("m", spec.models["m"], spec, network=False)
+    assert cached is not None and cached.where == f"files in the model cache {tmp_path / 'cache'}"
+    assert size_from_files(REPO, cached.files) == sized_remotely
