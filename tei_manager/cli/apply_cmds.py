@@ -39,14 +39,22 @@ def apply_cmd(
     timeout: float = typer.Option(
         DEFAULT_TIMEOUT_S, "--timeout", min=1,
         help="Seconds each instance may take to become healthy (missing models are pulled before)."),
+    accept_embedding_change: bool = typer.Option(
+        False, "--accept-embedding-change",
+        help="Switch even when a deployment's embeddings or scores drift from its recorded fingerprint."),
     *,
     backend_options: Options,
 ) -> None:
     """Converge on a profile: create, replace or keep instances, wait until healthy, roll back on failure."""
+    from tei_manager.models.fingerprint import FingerprintGuard
     from tei_manager.services import load, probe
 
     facts = probe(backend_options)
-    target = open_target(backend, load(profile).name, backend_options, facts)
+    loaded = load(profile)
+    guard = FingerprintGuard(loaded.name, accept_change=accept_embedding_change,
+                             accepted=frozenset(d.instance_prefix for d in loaded.deployments
+                                                if d.accept_embedding_change))
+    target = open_target(backend, loaded.name, backend_options, facts)
     engine = target.backend
     try:
         plan = live_plan(profile, target, facts)
@@ -57,9 +65,10 @@ def apply_cmd(
         print_pulled(pulled)
         renderer = ApplyRenderer(console)
         try:
-            result = apply(plan, engine, on_event=renderer, timeout_s=timeout)
+            result = apply(plan, engine, on_event=renderer, timeout_s=timeout, on_healthy=guard.check)
         finally:
             renderer.close()
+        guard.record(list(plan.instances))  # first healthy: the fingerprint later applies compare with
         if result.changed:
             console.print(f"[green]applied[/] {plan.profile} in {result.duration_s:.1f}s ({engine.name} backend)",
                           soft_wrap=True)

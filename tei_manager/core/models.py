@@ -228,6 +228,11 @@ class Deployment(Strict):
     tuning: Tuning = Field(default_factory=Tuning, description="Batching and admission flags of the runtime.")
     limits: Limits = Field(default_factory=Limits, description="Host memory and CPU limits of each instance.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the runtime.")
+    accept_embedding_change: bool = Field(
+        False,
+        description="Let an apply switch to a model, revision, runtime, dtype or pooling whose outputs drift from "
+        "the recorded fingerprint (as `apply --accept-embedding-change` does once).",
+    )
 
     @field_validator("name")
     @classmethod
