@@ -136,6 +136,21 @@ def status_cmd(
                       f"(backends: {', '.join(e.name for e in engines)})", soft_wrap=True)
         return
     print_table(console, status_table(rows))
+    _print_fingerprints(sorted({r.profile for r in rows}))
+
+
+def _print_fingerprints(profiles: list[str]) -> None:
+    """Each deployment's embedding fingerprint: how old, and the last change it let through."""
+    from tei_manager.models.fingerprint import recorded
+
+    for profile in profiles:
+        for found in recorded(profile):
+            deployment = found.deployment
+            age = found.age_s()
+            shown = f"{age / 86400:.1f} d" if age >= 86400 else f"{age / 3600:.1f} h" if age >= 3600 \
+                else f"{age:.0f} s"
+            console.print(f"fingerprint {profile}/{deployment}: recorded {shown} ago; last drift: "
+                          f"{found.last_drift or 'none'}", highlight=False, soft_wrap=True)
 
 
 @with_backend_options

@@ -83,6 +83,13 @@ def load(profile: str, deployment: str) -> Fingerprint | None:
         return None
 
 
+def recorded(profile: str) -> list[Fingerprint]:
+    """Every fingerprint recorded for a profile's deployments."""
+    directory = state_dir(profile) / FINGERPRINTS
+    found = [load(profile, p.stem) for p in sorted(directory.glob("*.json"))] if directory.is_dir() else []
+    return [f for f in found if f is not None]
+
+
 def save(profile: str, fingerprint: Fingerprint) -> None:
     target = path_of(profile, fingerprint.deployment)
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

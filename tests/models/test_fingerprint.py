@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import yaml
@@ -26,6 +27,7 @@ from test_apply_pulls import free_port  # type: ignore[import-not-found]
 from tei_manager.cli import output
 from tei_manager.cli.app import main
 from tei_manager.core.plan import InstancePlan
+from tei_manager.instance_keys import bearer
 from tei_manager.models import fingerprint
 from tei_manager.models.fingerprint import Fingerprint, drift
 
@@ -87,7 +89,11 @@ def test_a_new_revision_that_moves_the_vectors_is_refused_unless_accepted(
         assert "nothing to change" in capsys.readouterr().out
         assert fingerprint.load(name, "tiny") == recorded
 
-        profile.write_text(profile.read_text().replace("revision: v1", "revision: v2"))
+        # The new revision on a new port: the v1 instance serves on while v2 is started and measured.
+        # (Replacing on the same port stops v1 first, and a refusal then has to restart it.)
+        new_port = free_port()
+        profile.write_text(profile.read_text().replace("revision: v1", "revision: v2")
+                           .replace(f"port: {port}", f"port: {new_port}"))
         assert main(["apply", str(profile), "--backend", "process", "--timeout", "180"]) == 1
         err = capsys.readouterr().err
         assert "tiny would compute different embeddings (revision 'v1' -> 'v2'); beyond cosine 0.99" in err
@@ -97,11 +103,17 @@ def test_a_new_revision_that_moves_the_vectors_is_refused_unless_accepted(
         assert all(float(f[2]) < 0.99 for f in figures) and "rolled back" in err
         assert "--accept-embedding-change" in err
         assert fingerprint.load(name, "tiny") == recorded  # rolled back: the v1 instance serves on
+        assert httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": fingerprint.PROBES[0]},
+                          headers=bearer(name, "tiny"), timeout=30).status_code == 200
         assert main(["apply", str(profile), "--backend", "process", "--timeout", "180",
                      "--accept-embedding-change"]) == 0
     accepted = fingerprint.load(name, "tiny")
     assert accepted is not None and accepted.computes["revision"] == "v2"
     assert accepted.last_drift and "revision 'v1' -> 'v2'" in accepted.last_drift
+    capsys.readouterr()
+    assert main(["status", name, "--backend", "process"]) == 0
+    shown = capsys.readouterr().out
+    assert f"fingerprint {name}/tiny: recorded" in shown and "last drift: drift after revision 'v1' -> 'v2'" in shown
 
 
 def test_rerank_drift_is_measured_on_scores() -> None:
