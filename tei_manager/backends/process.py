@@ -145,7 +145,13 @@ class ProcessBackend(Backend):
         if start is None or start != record.get("proc_start"):
             return False  # gone, or the pid now belongs to another process
         markers = (*_WORKER_MARKERS, *([record["executable"]] if record.get("executable") else []))
-        return any(m in arg for arg in _cmdline(pid)[:3] for m in markers)
+        argv = _cmdline(pid)
+        if not any(argv):
+            # Just after Popen returns the child may still be inside execve (the new image's
+            # arguments not mapped yet), and /proc shows an empty command line: the start time
+            # already proved it is our process, so it is starting, not gone.
+            return True
+        return any(m in arg for arg in argv[:3] for m in markers)
 
     def _observe(self, path: Path, record: dict[str, Any]) -> ObservedInstance:
         raw = record["plan"]
