@@ -7,6 +7,7 @@ the air-gapped half runs with no mirror at all (the profile's endpoint is a clos
 
 from __future__ import annotations
 
+import shutil
 import socket
 import sys
 import uuid
@@ -23,6 +24,7 @@ from fixtures.hub_standin import hub_standin
 from tei_manager.cli import output
 from tei_manager.cli.app import main
 from tei_manager.instance_keys import bearer
+from tei_manager.state import state_dir
 
 pytestmark = [pytest.mark.slow]
 
@@ -43,6 +45,7 @@ def names() -> Iterator[list[str]]:
 
     for name in used:
         down(name, ProcessBackend(), stop_timeout_s=3)
+        shutil.rmtree(state_dir(name), ignore_errors=True)  # records, logs and fingerprints
 
 
 @pytest.fixture(autouse=True)

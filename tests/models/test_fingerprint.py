@@ -30,6 +30,7 @@ from tei_manager.core.plan import InstancePlan
 from tei_manager.instance_keys import bearer
 from tei_manager.models import fingerprint
 from tei_manager.models.fingerprint import Fingerprint, drift
+from tei_manager.state import state_dir
 
 pytestmark = [pytest.mark.slow]
 
@@ -48,7 +49,7 @@ def name() -> Iterator[str]:
     from tei_manager.orchestrator import down
 
     down(profile, ProcessBackend(), stop_timeout_s=3)
-    shutil.rmtree(fingerprint.path_of(profile, "x").parent, ignore_errors=True)
+    shutil.rmtree(state_dir(profile), ignore_errors=True)  # records, logs and fingerprints
 
 
 def perturbed_copy(source: Path, target: Path) -> Path:
