@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from tei_manager.backends.base import Backend, HostPids, SlotRenaming
+from tei_manager.backends.base import Backend, Converging, HostPids, SlotRenaming
 from tei_manager.core.diff import Action, ObservedInstance, diff
 from tei_manager.core.plan import InstancePlan, Plan
 from tei_manager.errors import ApplyError, BackendError, TeiManagerError
@@ -43,6 +43,8 @@ from tei_manager.probe import gpu_memory_by_pid
 from tei_manager.state import ProfileBusy, profile_lock, supervisor_restarts
 
 DEFAULT_TIMEOUT_S = 600.0
+#: Called with each new instance once it is healthy; raising rolls the apply back.
+HealthyHook = Callable[[InstancePlan], None]
 _OOM_LOG = re.compile(r"out of memory|CUDA_ERROR_OUT_OF_MEMORY|OutOfMemoryError|CUDA OOM", re.IGNORECASE)
 
 
@@ -362,7 +364,7 @@ def _replace_in_place(backend: Backend, journal: _Journal, old: ObservedInstance
 
 
 def _start_new(backend: Backend, journal: _Journal, inst: InstancePlan, *, slot: str, timeout_s: float,
-               clock: Clock) -> list[ObservedInstance]:
+               clock: Clock, on_healthy: HealthyHook | None = None) -> list[ObservedInstance]:
     on_event = journal.on_event
     where = f"{inst.runtime} on {inst.device}, {inst.bind}:{inst.host_port}"
     _emit(on_event, InstanceStep(inst.name, "creating", where))
@@ -374,28 +376,31 @@ def _start_new(backend: Backend, journal: _Journal, inst: InstancePlan, *, slot:
     cell[0] = wait_healthy(backend, cell[0], inst, timeout_s=timeout_s, on_event=on_event, clock=clock,
                            probe=journal.probe)
     _emit(on_event, InstanceStep(inst.name, "healthy"))
+    if on_healthy is not None:  # e.g. the embedding fingerprint check; raising rolls the apply back
+        on_healthy(inst)
     return cell
 
 
 def _converge(action: Action, backend: Backend, journal: _Journal, *, timeout_s: float, stop_timeout_s: float,
-              clock: Clock, check_ports: bool) -> None:
+              clock: Clock, check_ports: bool, on_healthy: HealthyHook | None = None) -> None:
     inst, old = action.desired, action.observed
     if action.kind == "create":
         assert inst is not None
-        _start_new(backend, journal, inst, slot="", timeout_s=timeout_s, clock=clock)
+        _start_new(backend, journal, inst, slot="", timeout_s=timeout_s, clock=clock, on_healthy=on_healthy)
     elif action.kind == "replace":
         assert inst is not None and old is not None
         same_port = (old.bind, old.port) == (inst.bind, inst.host_port)
         if not isinstance(backend, SlotRenaming):
             _replace_in_place(backend, journal, old, stop_timeout_s)
-            _start_new(backend, journal, inst, slot="", timeout_s=timeout_s, clock=clock)
+            _start_new(backend, journal, inst, slot="", timeout_s=timeout_s, clock=clock, on_healthy=on_healthy)
         elif same_port or (check_ports and not port_free(inst.bind, inst.host_port)):
             # The port is the old instance's: it must stop before the new one can listen.
             _set_aside(backend, journal, old, stop_timeout_s)
-            _start_new(backend, journal, inst, slot="", timeout_s=timeout_s, clock=clock)
+            _start_new(backend, journal, inst, slot="", timeout_s=timeout_s, clock=clock, on_healthy=on_healthy)
         else:
             # Make before break: the new one is healthy on its own port before the old one stops.
-            cell = _start_new(backend, journal, inst, slot="next", timeout_s=timeout_s, clock=clock)
+            cell = _start_new(backend, journal, inst, slot="next", timeout_s=timeout_s, clock=clock,
+                              on_healthy=on_healthy)
             _set_aside(backend, journal, old, stop_timeout_s)
             cell[0] = backend.rename(cell[0], "")  # checked above: this backend has slots
     elif action.kind == "remove":
@@ -405,15 +410,15 @@ def _converge(action: Action, backend: Backend, journal: _Journal, *, timeout_s:
 
 def apply(plan: Plan, backend: Backend, *, on_event: EventSink | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
           stop_timeout_s: float = 10.0, clock: Clock | None = None, probe: HealthProbe | None = None,
-          check_ports: bool = True) -> ApplyResult:
+          check_ports: bool = True, on_healthy: HealthyHook | None = None) -> ApplyResult:
     """Converge the backend onto `plan`.  Returns what was done; raises BackendError when a
     preflight check fails (nothing touched) and ApplyError when a step failed and was rolled back.
 
     `probe` answers /health and /info (HTTP by default); `clock` paces the health wait;
     `check_ports=False` skips the host port test (for backends whose instances do not listen
-    on this host, such as the fake backend)."""
-    from tei_manager.backends.kubernetes import Converging
-
+    on this host, such as the fake backend).  `on_healthy(instance)` runs when a new instance has
+    passed its health gate, before the apply completes; if it raises, the apply is rolled back
+    (tei_manager.models.fingerprint checks that embeddings did not drift)."""
     if isinstance(backend, Converging):  # a cluster converges whole profiles itself (health gate, rollback)
         started = time.monotonic()
         actions = backend.converge(plan, timeout_s=timeout_s, on_event=on_event)
@@ -421,7 +426,8 @@ def apply(plan: Plan, backend: Backend, *, on_event: EventSink | None = None, ti
                            time.monotonic() - started, tuple(status(backend, plan.profile, probe_health=False)))
     with _locked(plan.profile, "apply"):
         return _apply(plan, backend, on_event=on_event, timeout_s=timeout_s, stop_timeout_s=stop_timeout_s,
-                      clock=clock or SystemClock(), probe=probe or HttpHealthProbe(), check_ports=check_ports)
+                      clock=clock or SystemClock(), probe=probe or HttpHealthProbe(), check_ports=check_ports,
+                      on_healthy=on_healthy)
 
 
 @contextlib.contextmanager
@@ -435,7 +441,7 @@ def _locked(profile: str, purpose: str) -> Iterator[None]:
 
 
 def _apply(plan: Plan, backend: Backend, *, on_event: EventSink | None, timeout_s: float, stop_timeout_s: float,
-           clock: Clock, probe: HealthProbe, check_ports: bool) -> ApplyResult:
+           clock: Clock, probe: HealthProbe, check_ports: bool, on_healthy: HealthyHook | None = None) -> ApplyResult:
     begun = time.monotonic()
     observed = backend.list(plan.profile)
     actions = tuple(diff(plan, observed))
@@ -458,7 +464,7 @@ def _apply(plan: Plan, backend: Backend, *, on_event: EventSink | None, timeout_
         try:
             for action in ordered:
                 _converge(action, backend, journal, timeout_s=timeout_s, stop_timeout_s=stop_timeout_s, clock=clock,
-                          check_ports=check_ports)
+                          check_ports=check_ports, on_healthy=on_healthy)
         except BaseException as exc:  # anything half-done is undone, whatever failed (Ctrl-C included)
             reason = exc.render() if isinstance(exc, TeiManagerError) else f"{type(exc).__name__}: {exc}"
             _emit(on_event, RollingBack(reason))

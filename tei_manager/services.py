@@ -44,6 +44,10 @@ if TYPE_CHECKING:
     from tei_manager.tune.runner import Progress, TuneResult
     from tei_manager.tune.session import TuneOptions
 
+if TYPE_CHECKING:
+    from tei_manager.models.source import Sized
+    from tei_manager.models.store import ProgressSink, Pulled
+
 __all__ = [
     "AUTO",
     "Backend",
@@ -59,6 +63,7 @@ __all__ = [
     "open_target",
     "plan_profile",
     "profile_name",
+    "pull_missing",
     "tune_profile",
 ]
 
@@ -223,14 +228,28 @@ def plan_with(profile: Profile, facts: HostFacts, capabilities: Capabilities, *,
     from tei_manager.core.planner import plan
 
     measured, problem = measured_memory()
+    sized = _sized_models(profile)
     try:
         result = plan(profile, facts, observed_ports=observed_ports, source=source, own_pids=own_pids,
-                      capabilities=capabilities, calibration=measured)
+                      capabilities=capabilities, calibration=measured, sized_models=sized.infos)
     except TeiManagerError as exc:
         raise _with_cpu_note(exc, facts) from None
-    if problem is not None:
-        result = result.model_copy(update={"warnings": (*result.warnings, problem)})
-    return result
+    numbers = {key: origin.replace("files", sized.where.get(key, "files")) for key, origin in
+               result.model_numbers.items()}
+    warnings = (*result.warnings, problem) if problem is not None else result.warnings
+    return result.model_copy(update={"model_numbers": numbers, "warnings": warnings})
+
+
+def _sized_models(profile: Profile) -> Sized:
+    """Numbers read from the models' own files (tei_manager.models.source); a model nothing else
+    describes and whose files cannot be read is refused here, with the reason."""
+    from tei_manager.models.source import described, size_models, sizing_failure
+
+    sized = size_models(profile)
+    for key, problem in sized.problems.items():
+        if not described(profile.models[key]):
+            raise sizing_failure(key, profile.models[key], problem)
+    return sized
 
 
 def live_plan(path: str | Path, target: Target, facts: HostFacts | None = None) -> Plan:
@@ -282,6 +301,17 @@ def plan_profile(path: str | Path, *, backend: str = AUTO, options: Options | No
     entry, _ = _choose(choice, facts, None, options)
     caps = auto_capabilities(entry, facts) if choice == AUTO else entry.capabilities(facts)
     return plan_with(profile, facts, caps, source=str(path))
+
+
+def pull_missing(path: str | Path, on_progress: ProgressSink | None = None) -> list[Pulled]:
+    """What `apply` does before starting instances: fetch the profile's hub models that are not yet
+    in the cache the instances mount, so that health gates time start-up, not downloads.  Nothing
+    when the cache is a Docker volume (instances then download for themselves)."""
+    from tei_manager.models.store import missing, pull
+
+    profile = load(path)
+    keys = missing(profile)
+    return pull(profile, keys=keys, on_progress=on_progress) if keys else []
 
 
 # --- tuning --------------------------------------------------------------------------------------------

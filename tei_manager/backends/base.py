@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from tei_manager.core.capabilities import Capabilities
-from tei_manager.core.diff import ObservedInstance
+from tei_manager.core.diff import Action, ObservedInstance
 from tei_manager.core.facts import HostFacts
 from tei_manager.core.models import Profile
 from tei_manager.core.plan import InstancePlan, Plan
@@ -134,6 +134,15 @@ class PortAllocating(Protocol):
 
     def address(self, obs: ObservedInstance) -> tuple[str, int] | None:
         """Host and port the gateway reaches the instance on, once the engine has assigned them."""
+
+
+@runtime_checkable
+class Converging(Protocol):
+    """Optional: the engine converges a whole Plan itself (apply does not drive it step by step)."""
+
+    def converge(self, plan: Plan, *, timeout_s: float, on_event: Callable[[Any], None] | None = None
+                 ) -> tuple[Action, ...]:
+        """Apply the plan, health-gated, rolled back on failure; the actions taken."""
 
 
 #: Backend option values by `BackendOption.name`; absent or None when not given.

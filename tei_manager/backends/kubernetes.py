@@ -86,15 +86,6 @@ def object_path(kind: str, name: str | None = None, namespace: str | None = None
     return f"{path}/{name}" if name else path
 
 
-@runtime_checkable
-class Converging(Protocol):
-    """Optional: the engine converges a whole Plan itself (apply does not drive it step by step)."""
-
-    def converge(self, plan: Plan, *, timeout_s: float, on_event: Callable[[Any], None] | None = None
-                 ) -> tuple[Action, ...]:
-        """Apply the plan, health-gated, rolled back on failure; the actions taken."""
-
-
 class ApiError(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"{status} {reason}")

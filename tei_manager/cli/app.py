@@ -12,7 +12,7 @@ import click
 import typer
 
 from tei_manager import __version__
-from tei_manager.cli import apply_cmds, export_cmd, plan_cmds, serve_cmd, tui_cmd, tune_cmd
+from tei_manager.cli import apply_cmds, export_cmd, models_cmd, plan_cmds, serve_cmd, tui_cmd, tune_cmd
 from tei_manager.cli.output import report_error
 from tei_manager.errors import TeiManagerError
 
@@ -45,7 +45,7 @@ def _root(
     """tei-manager."""
 
 
-for module in (plan_cmds, apply_cmds, serve_cmd, tui_cmd, tune_cmd, export_cmd):
+for module in (plan_cmds, apply_cmds, models_cmd, serve_cmd, tui_cmd, tune_cmd, export_cmd):
     module.register(app)
 
 

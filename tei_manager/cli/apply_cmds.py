@@ -11,12 +11,21 @@ import json
 import typer
 
 from tei_manager.cli import watch_cmd
+from tei_manager.cli.models_cmd import PullProgress, print_pulled
 from tei_manager.cli.options import backend_option, with_backend_options
 from tei_manager.cli.output import console, err_console
 from tei_manager.cli.render import ApplyRenderer, print_table, status_json, status_table
 from tei_manager.errors import BackendError, TeiManagerError
 from tei_manager.orchestrator import DEFAULT_TIMEOUT_S, InstanceStep, apply, down, status
-from tei_manager.services import Options, close_all, live_plan, open_readers, open_target, profile_name
+from tei_manager.services import (
+    Options,
+    close_all,
+    live_plan,
+    open_readers,
+    open_target,
+    profile_name,
+    pull_missing,
+)
 
 BackendOpt = backend_option()
 
@@ -27,26 +36,39 @@ BackendOpt = backend_option()
 def apply_cmd(
     profile: str = typer.Argument(..., help="Profile file, e.g. profiles/multi-tenant.yaml."),
     backend: str = BackendOpt,
-    timeout: float = typer.Option(DEFAULT_TIMEOUT_S, "--timeout", min=1,
-                                  help="Seconds each instance may take to become healthy (downloads included)."),
+    timeout: float = typer.Option(
+        DEFAULT_TIMEOUT_S, "--timeout", min=1,
+        help="Seconds each instance may take to become healthy (missing models are pulled before)."),
+    accept_embedding_change: bool = typer.Option(
+        False, "--accept-embedding-change",
+        help="Switch even when a deployment's embeddings or scores drift from its recorded fingerprint."),
     *,
     backend_options: Options,
 ) -> None:
     """Converge on a profile: create, replace or keep instances, wait until healthy, roll back on failure."""
+    from tei_manager.models.fingerprint import FingerprintGuard
     from tei_manager.services import load, probe
 
     facts = probe(backend_options)
-    target = open_target(backend, load(profile).name, backend_options, facts)
+    loaded = load(profile)
+    guard = FingerprintGuard(loaded.name, accept_change=accept_embedding_change,
+                             accepted=frozenset(d.instance_prefix for d in loaded.deployments
+                                                if d.accept_embedding_change))
+    target = open_target(backend, loaded.name, backend_options, facts)
     engine = target.backend
     try:
         plan = live_plan(profile, target, facts)
         for warning in plan.warnings:
             err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        with PullProgress() as bars:  # models first: the health gates then time start-up only
+            pulled = pull_missing(profile, on_progress=bars)
+        print_pulled(pulled)
         renderer = ApplyRenderer(console)
         try:
-            result = apply(plan, engine, on_event=renderer, timeout_s=timeout)
+            result = apply(plan, engine, on_event=renderer, timeout_s=timeout, on_healthy=guard.check)
         finally:
             renderer.close()
+        guard.record(list(plan.instances))  # first healthy: the fingerprint later applies compare with
         if result.changed:
             console.print(f"[green]applied[/] {plan.profile} in {result.duration_s:.1f}s ({engine.name} backend)",
                           soft_wrap=True)
@@ -114,6 +136,21 @@ def status_cmd(
                       f"(backends: {', '.join(e.name for e in engines)})", soft_wrap=True)
         return
     print_table(console, status_table(rows))
+    _print_fingerprints(sorted({r.profile for r in rows}))
+
+
+def _print_fingerprints(profiles: list[str]) -> None:
+    """Each deployment's embedding fingerprint: how old, and the last change it let through."""
+    from tei_manager.models.fingerprint import recorded
+
+    for profile in profiles:
+        for found in recorded(profile):
+            deployment = found.deployment
+            age = found.age_s()
+            shown = f"{age / 86400:.1f} d" if age >= 86400 else f"{age / 3600:.1f} h" if age >= 3600 \
+                else f"{age:.0f} s"
+            console.print(f"fingerprint {profile}/{deployment}: recorded {shown} ago; last drift: "
+                          f"{found.last_drift or 'none'}", highlight=False, soft_wrap=True)
 
 
 @with_backend_options

@@ -18,7 +18,8 @@ from tei_manager.cli.options import backend_option, with_backend_options
 from tei_manager.cli.output import console, err_console
 from tei_manager.core.catalog import UnknownModel, model_info
 from tei_manager.core.plan import InstancePlan, Plan
-from tei_manager.errors import ProfileError, ProfileIssue
+from tei_manager.errors import ProfileError, ProfileIssue, TeiManagerError
+from tei_manager.models.sizing import LocalModelFiles, size_from_files
 from tei_manager.runtimes.registry import get_runtime
 from tei_manager.services import GPUS_HELP, Options, plan_profile
 
@@ -115,6 +116,8 @@ def print_plan(result: Plan) -> None:
         detail.add_column("value", overflow="fold")
         detail.add_row("tenant", inst.tenant + (" (shared with every tenant)" if inst.shared else ""))
         detail.add_row("model", f"{inst.served_model_name} ({inst.task})")
+        if inst.model_key in result.model_numbers:
+            detail.add_row("sized from", result.model_numbers[inst.model_key])
         detail.add_row("runtime", f"{inst.runtime} - {inst.runtime_reason}")
         detail.add_row("image", inst.image)
         detail.add_row("device", inst.device)
@@ -208,8 +211,15 @@ def validate_file(path: Path, *, secrets: bool = True, strict: bool = True,
         try:
             model_info(spec)
         except UnknownModel as exc:
-            issues.append(source.issue(("models", key), f"the planner does not know {spec.id!r}",
-                                       f"add {', '.join(exc.missing)} from the model's config.json"))
+            # A local directory is sized from its files; a hub model by `plan`, which reads them.
+            if spec.path is None:
+                continue
+            try:
+                size_from_files(spec.id, LocalModelFiles(Path(spec.path)))
+            except TeiManagerError as unreadable:
+                issues.append(source.issue(("models", key), f"the planner does not know {spec.id!r} and cannot "
+                                           f"read its files: {unreadable.what}",
+                                           f"add {', '.join(exc.missing)} from the model's config.json"))
     keys = 0
     if secrets:
         try:
@@ -262,8 +272,8 @@ def schema_rows() -> list[tuple[str, list[tuple[str, str, str, str]]]]:
 
     out: list[tuple[str, list[tuple[str, str, str, str]]]] = []
     for cls in (m.Profile, m.ModelSpec, m.Tenant, m.SecretRef, m.Quota, m.Deployment, m.GpuPlacement,
-                m.Tuning, m.Limits, m.TeiImage, m.GatewaySettings, m.Autoscaling, m.KubernetesSettings,
-                m.KubernetesGpu, m.ModelCache):
+                m.Tuning, m.Limits, m.TeiImage, m.GatewaySettings, m.HubSettings, m.Autoscaling,
+                m.KubernetesSettings, m.KubernetesGpu, m.ModelCache):
         rows = []
         for name, info in cls.model_fields.items():
             if info.is_required():

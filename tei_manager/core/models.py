@@ -32,6 +32,7 @@ RuntimeChoice = str
 Priority = Literal["high", "normal", "low"]
 Dtype = Literal["float16", "float32", "bfloat16"]
 Pooling = Literal["cls", "mean", "splade", "last-token"]
+ModelSourceKind = Literal["hub", "modelscope"]
 
 DEFAULT_BIND = "127.0.0.1"
 DEFAULT_TEI_IMAGE_REPO = "ghcr.io/huggingface/text-embeddings-inference"
@@ -39,6 +40,8 @@ DEFAULT_TEI_IMAGE_REPO = "ghcr.io/huggingface/text-embeddings-inference"
 DEFAULT_TEI_VERSION = "1.9.4"
 DEFAULT_FALLBACK_IMAGE = "tei-manager/fallback-worker:dev"
 DEFAULT_HF_CACHE = "tei-manager-hf-cache"
+DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
+DEFAULT_MODELSCOPE_ENDPOINT = "https://www.modelscope.cn"
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
@@ -125,6 +128,11 @@ class ModelSpec(Strict):
         None,
         description="Load from a local directory instead of the hub (mounted read-only into containers). "
         "`pkg:<module>/<subdir>` names a directory inside an installed Python package.",
+    )
+    source: ModelSourceKind = Field(
+        "hub",
+        description="Where `models pull` fetches it: `hub` (the profile's `hub.endpoint`: huggingface.co or a "
+        "mirror) or `modelscope`. Ignored when `path` is given (a local directory).",
     )
     # Overrides for models the catalog does not know; the planner needs them for the VRAM model.
     params_millions: float | None = Field(None, gt=0, description="Parameter count in millions.")
@@ -343,6 +351,11 @@ class Deployment(Strict):
     mig_profile: str | None = Field(
         None, description="Kubernetes with gpu_sharing: mig: the MIG slice each pod gets, e.g. 3g.40gb."
     )
+    accept_embedding_change: bool = Field(
+        False,
+        description="Let an apply switch to a model, revision, runtime, dtype or pooling whose outputs drift from "
+        "the recorded fingerprint (as `apply --accept-embedding-change` does once).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -433,6 +446,36 @@ class GatewaySettings(Strict):
     )
 
 
+class HubSettings(Strict):
+    """Where model files come from, for sizing (`plan`) and for `models pull` / `apply`."""
+
+    endpoint: str = Field(DEFAULT_HUB_ENDPOINT,
+                          description="The hub or a mirror with its file API (`HF_ENDPOINT`), e.g. https://hf-mirror.com.")
+    token: SecretRef | None = Field(None, description="Token for gated or private models, e.g. {env: HF_TOKEN}.")
+    modelscope_endpoint: str = Field(DEFAULT_MODELSCOPE_ENDPOINT,
+                                     description="ModelScope's base URL, for models with `source: modelscope`.")
+    download_dir: str | None = Field(
+        None,
+        description="Absolute directory `models pull` fills when `hf_cache` is a Docker volume "
+        "(with a host-directory `hf_cache`, models go there, where the instances find them).",
+    )
+    max_workers: int = Field(4, ge=1, le=64, description="Files `models pull` downloads at once.")
+
+    @field_validator("endpoint", "modelscope_endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http(s) URL such as https://hf-mirror.com")
+        return value.rstrip("/")
+
+    @field_validator("download_dir")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("give an absolute directory, e.g. /srv/models")
+        return value
+
+
 class Profile(Strict):
     """A whole deployment: models, tenants and who runs what where."""
 
@@ -445,6 +488,8 @@ class Profile(Strict):
         DEFAULT_HF_CACHE, description="Docker volume name or absolute host path shared by all instances."
     )
     gpu_headroom_mib: int = Field(1024, ge=0, description="VRAM kept free on every GPU.")
+    hub: HubSettings = Field(default_factory=HubSettings,
+                             description="Model hub or mirror, token and download directory for model files.")
     models: dict[str, ModelSpec] = Field(description="Models by key; deployments refer to the keys.")
     tenants: dict[str, Tenant] = Field(default_factory=dict, description="Teams by name, with keys, priority, quota.")
     deployments: list[Deployment] = Field(description="Who runs which model where.")

@@ -206,6 +206,10 @@ class Plan(Frozen):
         default_factory=dict, description="Tenants with their quotas and key *references* (never key values)."
     )
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    model_numbers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Model key -> where the VRAM model's numbers came from: profile, files (where), catalog.",
+    )
     measured_vram: dict[str, MeasuredVram] = Field(
         default_factory=dict,
         description="Instance name -> the measured peak the GPU budget used instead of the estimate (tune's "

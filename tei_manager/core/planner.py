@@ -23,11 +23,11 @@ What it decides, in this order:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from tei_manager.core.capabilities import Capabilities
-from tei_manager.core.catalog import ModelInfo, UnknownModel, model_info
+from tei_manager.core.catalog import KNOWN_MODELS, ModelInfo, UnknownModel, model_info
 from tei_manager.core.facts import GpuFact, HostFacts
 from tei_manager.core.models import (
     Deployment,
@@ -126,7 +126,8 @@ def engine_capabilities(facts: HostFacts) -> Capabilities:
 
 def plan(profile: Profile, facts: HostFacts, *, observed_ports: Iterable[int] | None = frozenset(),
          source: str | None = None, own_pids: Iterable[int] = frozenset(),
-         capabilities: Capabilities | None = None, calibration: Calibration | None = None) -> Plan:
+         capabilities: Capabilities | None = None, calibration: Calibration | None = None,
+         sized_models: Mapping[str, ModelInfo] | None = None) -> Plan:
     """Plan every instance of `profile` on the host described by `facts`.
 
     `observed_ports`: host ports taken by something other than this profile's instances; `auto`
@@ -136,7 +137,9 @@ def plan(profile: Profile, facts: HostFacts, *, observed_ports: Iterable[int] | 
     that will run the plan can host (default: `engine_capabilities(facts)`).  `calibration`: peaks
     `tune` measured (the planning service reads the store); a GPU instance whose exact model,
     runtime, dtype, batch budget and GPU were measured is budgeted by the measurement, every other
-    one by the VRAM model's estimate, and `Plan.measured_vram` says which.
+    one by the VRAM model's estimate, and `Plan.measured_vram` says which.  `sized_models`: model
+    key -> numbers read from the model's own files (tei_manager.models); per number, the profile's
+    value wins over the files', and the files' over the catalog's (`Plan.model_numbers` says which).
 
     Raises PlanError (unknown model numbers, GPU not on the host, TEI forced where it cannot run,
     port collisions, a batch budget TEI would refuse) and OvercommitError (VRAM).
@@ -157,7 +160,9 @@ def plan(profile: Profile, facts: HostFacts, *, observed_ports: Iterable[int] | 
     if any(d.runtime == "auto" for d in profile.deployments):
         warnings.extend(caps.warnings)
 
-    slots = _expand(profile, facts)
+    numbers = {key: model_numbers(spec, (sized_models or {}).get(key)) for key, spec in profile.models.items()
+               if any(d.model == key for d in profile.deployments)}
+    slots = _expand(profile, facts, numbers)
     budgets = _budgets(profile, facts, set(own_pids))
     planned: dict[int, list[_Slot]] = {g.index: [] for g in facts.gpus}
 
@@ -204,7 +209,8 @@ def plan(profile: Profile, facts: HostFacts, *, observed_ports: Iterable[int] | 
                 warnings=tuple(dict.fromkeys(warnings)), host=facts.origin,
                 backend=caps.backend if capabilities else None, tenants=dict(profile.tenants),
                 gateway=profile.gateway,
-                measured_vram={s.name: s.measured for s in slots if s.measured is not None})
+                measured_vram={s.name: s.measured for s in slots if s.measured is not None},
+                model_numbers={key: found[1] for key, found in numbers.items() if isinstance(found, tuple)})
 
 
 # --- 1 and 2: instances and devices ------------------------------------------------------------------
@@ -217,20 +223,54 @@ def _host_gpus(facts: HostFacts) -> str:
     return "this host has " + ", ".join(f"GPU {g.index} ({g.name})" for g in facts.gpus)
 
 
-def _expand(profile: Profile, facts: HostFacts) -> list[_Slot]:
+def model_numbers(spec: ModelSpec, sized: ModelInfo | None) -> tuple[ModelInfo, str] | UnknownModel:
+    """The VRAM model's numbers for one model, and where they came from (`profile + files`, ...).
+
+    Per number: the profile's value, else the one read from the model's files, else the catalog's.
+    Returns (not raises) UnknownModel when a number is nowhere, so only models a deployment uses fail.
+    """
+    if sized is None:
+        try:
+            info = model_info(spec)
+        except UnknownModel as exc:
+            return exc
+        given = [spec.params_millions, spec.hidden_size, spec.num_layers, spec.max_input_length]
+        origins = ["profile"] * any(v is not None for v in given) + ["catalog"] * (None in given)
+        return info, " + ".join(origins)
+    known = KNOWN_MODELS.get(spec.id)
+    used: set[str] = set()
+
+    def pick(mine: float | int | None, files: float | int) -> float | int:
+        used.add("profile" if mine is not None else "files")
+        return mine if mine is not None else files
+
+    hidden = int(pick(spec.hidden_size, sized.hidden_size))
+    info = ModelInfo(
+        hub_id=spec.id, task=spec.task, params_millions=float(pick(spec.params_millions, sized.params_millions)),
+        hidden_size=hidden, num_layers=int(pick(spec.num_layers, sized.num_layers)),
+        max_input_length=int(pick(spec.max_input_length, sized.max_input_length)),
+        num_heads=sized.num_heads if hidden == sized.hidden_size else max(1, hidden // (sized.hidden_size
+                                                                                          // sized.num_heads)),
+        default_pooling=sized.default_pooling or (known.default_pooling if known else None),
+    )
+    return info, " + ".join(o for o in ("profile", "files") if o in used)
+
+
+def _expand(profile: Profile, facts: HostFacts,
+            infos: Mapping[str, tuple[ModelInfo, str] | UnknownModel] | None = None) -> list[_Slot]:
     slots: list[_Slot] = []
     names: dict[str, str] = {}
     for i, dep in enumerate(profile.deployments):
         spec = profile.models[dep.model]
-        try:
-            info = model_info(spec)
-        except UnknownModel as exc:
+        found = (infos or {}).get(dep.model) or model_numbers(spec, None)
+        if isinstance(found, UnknownModel):
             raise PlanError(
-                f"the planner does not know {spec.id!r} and the profile leaves out {', '.join(exc.missing)}",
+                f"the planner does not know {spec.id!r} and the profile leaves out {', '.join(found.missing)}",
                 where=f"models.{dep.model}",
                 fix="give params_millions, hidden_size, num_layers and max_input_length on the model "
-                "(from its config.json)",
-            ) from None
+                "(from its config.json), or a `path` / `hub.endpoint` that `plan` can read its files from",
+            )
+        info = found[0]
         task: Task = "rerank" if dep.rerank_mode == "bi-encoder" else spec.task
         placement = dep.placement
         if isinstance(placement, GpuPlacement):

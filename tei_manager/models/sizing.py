@@ -210,10 +210,13 @@ class HubModelFiles:
         self._headers = {"authorization": f"Bearer {token}"} if token else {}
         self._client = client or httpx.Client(timeout=timeout_s, follow_redirects=True)
 
+    def url(self, name: str) -> str:
+        """Where `name` is served (a subclass speaks another file API)."""
+        return f"{self.endpoint}/{self.repo_id}/resolve/{self.revision}/{name}"
+
     def _get(self, name: str, headers: dict[str, str]) -> httpx.Response | None:
-        url = f"{self.endpoint}/{self.repo_id}/resolve/{self.revision}/{name}"
         try:
-            response = self._client.get(url, headers={**self._headers, **headers})
+            response = self._client.get(self.url(name), headers={**self._headers, **headers})
         except httpx.HTTPError as exc:
             raise SizingError(f"cannot reach the model hub for {name}: {exc}", where=self.where,
                               fix="check the mirror URL and the network, or use a local path") from None

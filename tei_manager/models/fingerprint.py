@@ -1,0 +1,190 @@
+"""Index-safe rollouts: what a deployment computes, measured on a fixed probe set.
+
+Vectors already stored in a tenant's vector database are only comparable with new ones if the
+embedder did not change under them: a new revision, TEI <-> fallback worker, another dtype or
+pooling can each move the vectors.  So:
+
+* when a deployment first becomes healthy, its **fingerprint** is recorded: the vectors (embed) or
+  scores (rerank) of `PROBES`, a fixed multilingual set, with what the deployment computes
+  (`computes()`: model, revision, local path, runtime, dtype, pooling, rerank mode);
+* when a later apply changes any of those, the new instance is measured once healthy, before the
+  apply completes (the old instance is restored if it refuses), and compared per probe: cosine of
+  the vectors, or the difference of the scores.  Beyond `MIN_COSINE` / `MAX_SCORE_DELTA` the
+  apply refuses, naming each probe's figure and what changed, unless the change is accepted
+  (`apply --accept-embedding-change`).
+
+Fingerprints live in the profile's state directory (`fingerprints/<deployment>.json`): vectors
+and scores of public probe texts, no keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tei_manager.core.plan import InstancePlan
+from tei_manager.errors import ApplyError
+from tei_manager.instance_keys import instance_headers
+from tei_manager.state import state_dir
+
+#: Fixed probe texts: several scripts and languages (Chinese included), code and numbers.
+PROBES: tuple[str, ...] = (
+    "The quarterly report shows revenue grew by 12 percent.",
+    "季度报告显示收入增长了百分之十二。",
+    "如何在向量数据库中检索相似的文档？",
+    "Der Vertrag endet am 31. Dezember 2025.",
+    "東京の天気は明日晴れるでしょう。",
+    "def cosine(a, b): return dot(a, b) / (norm(a) * norm(b))",
+)
+RERANK_QUERY = "revenue growth in the quarterly report"
+#: Below this cosine (any probe), stored vectors are no longer comparable with new ones.
+MIN_COSINE = 0.99
+#: Above this score difference (any probe), a reranker orders results differently.
+MAX_SCORE_DELTA = 0.05
+FINGERPRINTS = "fingerprints"
+
+
+def computes(inst: InstancePlan) -> dict[str, str | None]:
+    """What decides an instance's outputs; a change in any of these is checked against the fingerprint."""
+    s = inst.settings
+    return {"model": inst.model.hub_id, "revision": inst.model.revision, "path": inst.model.local_path,
+            "runtime": inst.runtime, "dtype": s.dtype or (inst.vram.dtype if inst.vram else None),
+            "pooling": s.pooling, "rerank_mode": s.rerank_mode, "task": inst.task}
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    deployment: str
+    task: str
+    computes: dict[str, str | None]
+    outputs: list[Any]  # a vector per probe (embed) or a score per probe (rerank)
+    recorded_at: float
+    last_drift: str | None = None  # the last accepted change, as the refusal would have said it
+
+    def age_s(self, now: float | None = None) -> float:
+        return (now or time.time()) - self.recorded_at
+
+
+def path_of(profile: str, deployment: str) -> Path:
+    return state_dir(profile) / FINGERPRINTS / f"{deployment}.json"
+
+
+def load(profile: str, deployment: str) -> Fingerprint | None:
+    try:
+        data = json.loads(path_of(profile, deployment).read_text())
+        return Fingerprint(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def recorded(profile: str) -> list[Fingerprint]:
+    """Every fingerprint recorded for a profile's deployments."""
+    directory = state_dir(profile) / FINGERPRINTS
+    found = [load(profile, p.stem) for p in sorted(directory.glob("*.json"))] if directory.is_dir() else []
+    return [f for f in found if f is not None]
+
+
+def save(profile: str, fingerprint: Fingerprint) -> None:
+    target = path_of(profile, fingerprint.deployment)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    target.write_text(json.dumps(asdict(fingerprint)))
+
+
+def measure(inst: InstancePlan, *, timeout_s: float = 60.0) -> list[Any]:
+    """The probe set's vectors or scores, from a healthy instance."""
+    host = "127.0.0.1" if inst.bind in ("0.0.0.0", "") else inst.bind
+    base = f"http://{host}:{inst.host_port}"
+    headers = instance_headers(inst)
+    with httpx.Client(timeout=timeout_s) as client:
+        if inst.task == "rerank":
+            response = client.post(f"{base}/rerank", headers=headers,
+                                   json={"query": RERANK_QUERY, "texts": list(PROBES), "raw_scores": True})
+            response.raise_for_status()
+            scores = {int(r["index"]): float(r["score"]) for r in response.json()}
+            return [scores[i] for i in range(len(PROBES))]
+        response = client.post(f"{base}/embed", headers=headers, json={"inputs": list(PROBES)})
+        response.raise_for_status()
+        return [[float(x) for x in vector] for vector in response.json()]
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    if len(a) != len(b):
+        return 0.0  # another dimension: nothing stored is comparable
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return sum(x * y for x, y in zip(a, b, strict=True)) / norm if norm else 0.0
+
+
+def drift(old: Fingerprint, task: str, outputs: list[Any]) -> tuple[bool, list[str]]:
+    """(beyond the threshold, one figure per probe) between a recorded fingerprint and new outputs."""
+    figures: list[str] = []
+    beyond = False
+    for i, (before, after) in enumerate(zip(old.outputs, outputs, strict=False)):
+        label = PROBES[i][:24]
+        if task == "rerank":
+            delta = abs(float(after) - float(before))
+            beyond |= delta > MAX_SCORE_DELTA
+            figures.append(f"probe {i} {label!r}: score {before:.4f} -> {after:.4f} (delta {delta:.4f})")
+        else:
+            value = cosine(before, after)
+            beyond |= value < MIN_COSINE
+            figures.append(f"probe {i} {label!r}: cosine {value:.4f}")
+    return beyond, figures
+
+
+def changes(old: dict[str, str | None], new: dict[str, str | None]) -> list[str]:
+    return [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in new if old.get(key) != new.get(key)]
+
+
+class FingerprintGuard:
+    """The apply hook: checks each new instance of a deployment whose computation changed, and
+    records fingerprints once the apply has succeeded."""
+
+    def __init__(self, profile: str, *, accept_change: bool = False, accepted: frozenset[str] = frozenset()) -> None:
+        self.profile = profile
+        self.accept_change = accept_change
+        self.accepted = accepted  # deployments whose profile says `accept_embedding_change: true`
+        self.pending: dict[str, Fingerprint] = {}
+
+    def check(self, inst: InstancePlan) -> None:
+        """Called when a new instance is healthy, before the apply completes; raises ApplyError on drift."""
+        old = load(self.profile, inst.deployment)
+        now = computes(inst)
+        if old is None or old.computes == now or inst.replica != 0:
+            return
+        outputs = measure(inst)
+        beyond, figures = drift(old, inst.task, outputs)
+        what = "; ".join(changes(old.computes, now))
+        summary = f"{'drift' if beyond else 'no drift'} after {what}: " + ", ".join(figures)
+        if beyond and not (self.accept_change or inst.deployment in self.accepted):
+            threshold = f"score delta {MAX_SCORE_DELTA}" if inst.task == "rerank" else f"cosine {MIN_COSINE}"
+            raise ApplyError(
+                f"{inst.deployment} would compute different {'scores' if inst.task == 'rerank' else 'embeddings'}"
+                f" ({what}); beyond {threshold}:\n    " + "\n    ".join(figures),
+                where=inst.name,
+                fix="vectors stored with the old model are not comparable: re-index, or pass "
+                "--accept-embedding-change to switch anyway",
+            )
+        self.pending[inst.deployment] = Fingerprint(deployment=inst.deployment, task=inst.task, computes=now,
+                                                    outputs=outputs, recorded_at=time.time(),
+                                                    last_drift=summary)
+
+    def record(self, instances: list[InstancePlan]) -> None:
+        """After a successful apply: keep accepted fingerprints; measure deployments that have none."""
+        for inst in instances:
+            if inst.replica != 0:
+                continue
+            if inst.deployment in self.pending:
+                save(self.profile, self.pending.pop(inst.deployment))
+            elif load(self.profile, inst.deployment) is None:
+                try:
+                    outputs = measure(inst)
+                except httpx.HTTPError:
+                    continue  # recorded on the next apply
+                save(self.profile, Fingerprint(deployment=inst.deployment, task=inst.task, computes=computes(inst),
+                                               outputs=outputs, recorded_at=time.time()))
