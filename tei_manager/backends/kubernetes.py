@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from tei_manager.backends.base import (
