@@ -167,14 +167,17 @@ def start(config: ServerConfig, port: int, log: Path) -> subprocess.Popen[bytes]
                                 env={**os.environ, **config.env})
 
 
-def wait_ready(proc: subprocess.Popen[bytes], port: int, path: str = "/health", limit: float = 600) -> float:
-    """Seconds until `path` answers 200 (both servers open their port only after their warm-up)."""
+def wait_ready(proc: subprocess.Popen[bytes], port: int, path: str = "/health", limit: float = 600,
+               log: Path | None = None) -> float:
+    """Seconds until `path` answers 200 (both servers open their port only after their warm-up).
+    With `log`, a server that exits while starting is reported with the end of its log."""
     import httpx
 
     began = time.monotonic()
     while time.monotonic() - began < limit:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
+            tail = f":\n{log.read_text(errors='replace')[-2000:]}" if log is not None else ""
+            raise RuntimeError(f"server exited with {proc.returncode} while starting{tail}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200:
                 return time.monotonic() - began

@@ -36,6 +36,8 @@ from urllib.parse import urlsplit
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from peer_servers import stop  # noqa: E402 - after the sys.path line
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -295,11 +297,7 @@ def main() -> int:
         rss = peak_rss_mb(proc.pid) if proc else None
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
     log_tracebacks, log_errors = scan_log(log_path) if proc else (0, 0)
     report: dict[str, Any] = {
         "requests": tally.requests,

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ from fuzz import (  # the same worker setup
     open_targets,
     peak_rss_mb,
     scan_log,
+    stop,
 )
 
 TRICKLE_S = 2.0
@@ -179,11 +179,7 @@ def main() -> int:
         }
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
     if proc is not None:
         tracebacks, errors = scan_log(log_path)
         after.update(tracebacks_in_worker_log=tracebacks, error_lines_in_worker_log=errors, worker_log=str(log_path))
