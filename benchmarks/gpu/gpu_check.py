@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks"), str(REPO / "tests")]
 
 from shaped_models import BGE_M3_CONFIG, SMOKE_CONFIG, build_model  # noqa: E402 - after the sys.path line
+from peer_servers import stop, wait_ready  # noqa: E402
 from worker_loadgen import Result, run_load  # noqa: E402
 
 MIB = 1024 * 1024
@@ -244,29 +245,7 @@ def worker(model_dir: Path, port: int, max_batch_tokens: int, device: str, log: 
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def wait_healthy(proc: subprocess.Popen[bytes], port: int, log: Path, limit_s: float = 300) -> float:
-    import httpx
-
-    began = time.monotonic()
-    while time.monotonic() - began < limit_s:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"the worker exited with {proc.returncode} while starting:\n{tail}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return time.monotonic() - began
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"the worker did not answer /health within {limit_s:g} s (log: {log})")
+        stop(proc)
 
 
 def body_maker(scenario: Scenario, texts: list[str], queries: list[str]) -> Callable[[int], tuple[bytes, int]]:
@@ -292,12 +271,13 @@ def vram_estimate(kind: str, max_batch_tokens: int) -> int | None:
     try:
         from tei_manager.core.catalog import KNOWN_MODELS
         from tei_manager.core.tuning import estimate_vram
+        from tei_manager.runtimes.registry import get_runtime
     except ImportError as exc:  # pydantic missing: the wheels were not carried
         print(f"  (no VRAM estimate: {exc})", flush=True)
         return None
     info = KNOWN_MODELS[CATALOG_KEY[kind]]
     return estimate_vram(info, dtype="float16", max_batch_tokens=max_batch_tokens, flash=True,
-                         runtime="fallback").total_mib
+                         runtime=get_runtime("fallback").vram).total_mib
 
 
 def check_one(kind: str, model_dir: Path, max_batch_tokens: int, args: argparse.Namespace,
@@ -315,7 +295,7 @@ def check_one(kind: str, model_dir: Path, max_batch_tokens: int, args: argparse.
         with worker(model_dir, port, max_batch_tokens, args.device, log) as proc:
             watch = GpuMemoryWatch(proc.pid, 0) if args.device.startswith("cuda") else None
             try:
-                result.server_start_s = round(wait_healthy(proc, port, log), 1)
+                result.server_start_s = round(wait_ready(proc, port, limit=300, log=log), 1)
                 for scenario in EMBED_SCENARIOS if kind == "embed" else RERANK_SCENARIOS:
                     load = asyncio.run(run_load("127.0.0.1", port, scenario.route,
                                                 body_maker(scenario, texts, queries),
