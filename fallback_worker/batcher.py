@@ -72,15 +72,27 @@ class Job:
 # where batch 8 vs 16 of equal lengths differs by about this much; it only has to be the right
 # order of magnitude for the split below to beat both "fill every batch" and "equal-length batches".
 BATCH_OVERHEAD_TOKENS = 128
+# On the unpadded path, what one padded slot costs relative to a real token: attention and its
+# gathers still run on [count, longest]; per slot that is about longest / (6 x hidden) of a
+# layer's work (4·L·H attention FLOPs against 24·H² for the projections and the feed-forward),
+# 1/40 to 1/10 for the models and lengths served here.
+ATTENTION_SHARE = 1 / 16
 
 
-def plan_batches(jobs: Sequence[Job], max_batch_tokens: int, max_batch_requests: int | None) -> list[list[Job]]:
-    """Sort by (task, length) and split into padded batches at the least total cost.
+def plan_batches(
+    jobs: Sequence[Job], max_batch_tokens: int, max_batch_requests: int | None, *, padded: bool = True
+) -> list[list[Job]]:
+    """Sort by (task, length) and split into batches at the least total cost.
 
-    Cost of a batch = count x longest (padded tokens) + BATCH_OVERHEAD_TOKENS. Filling each batch
+    A padded batch costs count x longest tokens + BATCH_OVERHEAD_TOKENS. Filling each batch
     greedily pads short inputs up to the long ones that happen to follow them; a dynamic program
-    over the sorted lengths finds the cheapest cut points instead, within --max-batch-tokens
-    (count x longest) and --max-batch-requests. O(n x cap) for a window of n inputs.
+    over the sorted lengths finds the cheapest cut points instead, within --max-batch-tokens and
+    --max-batch-requests. O(n x cap) for a window of n inputs.
+
+    An unpadded batch (packed.py) costs its real tokens, plus ATTENTION_SHARE of the padded
+    layout that attention still uses, plus the overhead; so short and long inputs may share a
+    batch. The budget bounds count x longest in both cases: that padded layout is what attention
+    holds in memory, and what the VRAM model sizes.
     """
     ordered = sorted(jobs, key=lambda j: (j.task, j.length))
     batches: list[list[Job]] = []
@@ -89,23 +101,30 @@ def plan_batches(jobs: Sequence[Job], max_batch_tokens: int, max_batch_requests:
         end = start
         while end < len(ordered) and ordered[end].task == ordered[start].task:
             end += 1
-        batches.extend(_cheapest_split(ordered[start:end], max_batch_tokens, max_batch_requests))
+        batches.extend(_cheapest_split(ordered[start:end], max_batch_tokens, max_batch_requests, padded))
         start = end
     return batches
 
 
-def _cheapest_split(ordered: list[Job], max_batch_tokens: int, max_batch_requests: int | None) -> list[list[Job]]:
+def _cheapest_split(
+    ordered: list[Job], max_batch_tokens: int, max_batch_requests: int | None, padded: bool
+) -> list[list[Job]]:
     n = len(ordered)
     cap = n if max_batch_requests is None else max(1, max_batch_requests)
+    prefix = [0]  # prefix[j]: tokens of the first j inputs
+    for job in ordered:
+        prefix.append(prefix[-1] + job.length)
     best = [0.0] + [float("inf")] * n  # best[j]: cheapest cost of the first j inputs
     cut = [0] * (n + 1)
     for j in range(1, n + 1):
         longest = ordered[j - 1].length
         for i in range(j - 1, max(0, j - cap) - 1, -1):
             count = j - i
-            if count > 1 and count * longest > max_batch_tokens:
+            layout = count * longest
+            if count > 1 and layout > max_batch_tokens:
                 break  # longer batches ending at j only get bigger
-            cost = best[i] + count * longest + BATCH_OVERHEAD_TOKENS
+            tokens = layout if padded else prefix[j] - prefix[i] + layout * ATTENTION_SHARE
+            cost = best[i] + tokens + BATCH_OVERHEAD_TOKENS
             if cost < best[j]:
                 best[j], cut[j] = cost, i
     batches: list[list[Job]] = []
@@ -131,6 +150,7 @@ class Batcher:
         forward_workers: int = 1,
     ) -> None:
         self.engine = engine
+        self.padded = not engine.spec.unpadded
         self.metrics = metrics
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_requests = max_batch_requests
@@ -203,7 +223,9 @@ class Batcher:
                     return None  # stopping, and everything queued has run
                 take = len(self._queue) if self.window is None else self.window
                 snapshot, self._queue = self._queue[:take], self._queue[take:]
-                self._planned.extend(plan_batches(snapshot, self.max_batch_tokens, self.max_batch_requests))
+                self._planned.extend(
+                    plan_batches(snapshot, self.max_batch_tokens, self.max_batch_requests, padded=self.padded)
+                )
                 self.metrics.queue_size.set(len(self._queue))
                 if len(self._planned) > 1:
                     self._cond.notify()  # an idle forward thread can take the second batch

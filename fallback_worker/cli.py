@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run one warm-up batch before opening the port")
     add("--forward-workers", envvar="FALLBACK_FORWARD_WORKERS", type=int,
         help="forward passes run at once, sharing the torch threads (default: 2 on CPU, 1 on CUDA)")
+    add("--unpadded", envvar="FALLBACK_UNPADDED", type=parse_bool, default=True, nargs="?", const=True,
+        help="run BERT-family models on packed tokens without padding (false: padded batches through transformers)")
     add("--header-read-timeout", envvar="FALLBACK_HEADER_READ_TIMEOUT", type=float, default=10.0,
         help="seconds a client has to send a request's line and headers (else 408 and close)")
     add("--body-read-timeout", envvar="FALLBACK_BODY_READ_TIMEOUT", type=float, default=30.0,
@@ -178,6 +180,7 @@ def to_config(ns: argparse.Namespace) -> WorkerConfig:
         rerank_mode=ns.rerank_mode,
         device=ns.device,
         forward_workers=ns.forward_workers,
+        unpadded=ns.unpadded,
         header_read_timeout=ns.header_read_timeout,
         body_read_timeout=ns.body_read_timeout,
     )
@@ -227,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine = Engine.load(
             config.model_id, revision=config.revision, dtype=config.dtype, pooling=config.pooling,
             cache_dir=config.huggingface_hub_cache, token=config.hf_token, max_batch_tokens=config.max_batch_tokens,
-            auto_truncate=config.auto_truncate, device=config.device,
+            auto_truncate=config.auto_truncate, device=config.device, unpadded=config.unpadded,
         )
         if config.default_prompt_name and config.default_prompt_name not in engine.spec.prompts:
             raise StartupError(
@@ -240,8 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     spec = engine.spec
     log.info(
-        "model: %s, pooling %s, dtype %s on %s, max_input_length %d, %d threads",
+        "model: %s, pooling %s, dtype %s on %s, max_input_length %d, %d threads, %s batches",
         spec.kind, spec.pooling, spec.dtype, spec.device, spec.max_input_length, hardware.usable_cpus(),
+        "unpadded" if spec.unpadded else "padded",
     )
     if ns.warmup:
         began = time.perf_counter()

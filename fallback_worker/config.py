@@ -32,6 +32,7 @@ class WorkerConfig:
     rerank_mode: str = "cross-encoder"  # or "bi-encoder": /rerank by cosine on an embedding model
     device: str | None = None
     forward_workers: int | None = None  # threads running forward passes at once; None: 2 on CPU, 1 on CUDA
+    unpadded: bool = True  # packed batches for BERT-family models (packed.py); False: padded through transformers
     header_read_timeout: float = 10.0  # seconds for a request's line and headers (slow clients: 408, closed)
     body_read_timeout: float = 30.0  # seconds for its body once the headers are in
 

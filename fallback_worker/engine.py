@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 
 from . import hardware
 from .errors import StartupError
+from .packed import PackedBatch, PackedEncoder
 from .tokenization import Encoded, TextTokenizer
 
 log = logging.getLogger("fallback_worker.engine")
@@ -46,6 +47,7 @@ class ModelSpec:
     device: str
     sparse: bool
     prompts: dict[str, str] = field(default_factory=dict)
+    unpadded: bool = False  # batches run packed, without padding (packed.py); else padded through Hugging Face
 
 
 def resolve_model_dir(model_id: str, revision: str | None, cache_dir: str | None, token: str | None) -> Path:
@@ -134,6 +136,11 @@ class Engine:
         self._wants_type_ids = "token_type_ids" in inspect.signature(model.forward).parameters
         self.threads = hardware.torch_threads() if self.device.type == "cpu" else None
         self.use_threads()
+        # The unpadded pass, where the model's layout allows it and its head is one we can call on
+        # packed rows; everything else runs padded through the Hugging Face modules.
+        self.packed: PackedEncoder | None = None
+        if spec.unpadded:
+            self.packed = PackedEncoder(model.base_model)
 
     def use_threads(self, share: int = 1) -> None:
         """Size torch's intra-op pool to the CPU quota, split between ``share`` threads that run the
@@ -155,7 +162,9 @@ class Engine:
         max_batch_tokens: int = 16384,
         auto_truncate: bool = True,
         device: str | None = None,
+        unpadded: bool = True,
     ) -> Engine:
+        """``unpadded``: run batches packed where the architecture allows it (see packed.py)."""
         from transformers import (
             AutoConfig,
             AutoModel,
@@ -235,6 +244,7 @@ class Engine:
             )
 
         st_config = _read_json(model_dir / "config_sentence_transformers.json") or {}
+        unpadded = unpadded and PackedEncoder.supports(model.base_model) and _packed_head(model, kind) is not None
         spec = ModelSpec(
             kind=kind,
             pooling=pooling,
@@ -245,6 +255,7 @@ class Engine:
             device=device,
             sparse=sparse_linear is not None,
             prompts={str(k): str(v) for k, v in (st_config.get("prompts") or {}).items()},
+            unpadded=unpadded,
         )
         return cls(model, tokenizer, spec, pad_id=int(pad_id), sparse_linear=sparse_linear, unused_sparse_ids=unused)
 
@@ -269,33 +280,60 @@ class Engine:
         hidden: torch.Tensor = self.model(**inputs).last_hidden_state
         return hidden
 
+    def _pack(self, batch: Sequence[Encoded]) -> tuple[torch.Tensor, PackedBatch]:
+        """Last hidden states of an unpadded pass: [tokens, hidden], and the batch's layout."""
+        assert self.packed is not None
+        packed = self.packed.pack([e.ids for e in batch], [e.type_ids for e in batch], self.device)
+        return self.packed.forward(packed), packed
+
     @torch.inference_mode()
     def embed(self, batch: Sequence[Encoded]) -> np.ndarray:
         """Pooled, unnormalized embeddings [batch, hidden] in float32."""
+        if self.packed is not None:
+            hidden, layout = self._pack(batch)
+            if self.spec.pooling == "cls":
+                pooled = PackedEncoder.first_tokens(hidden, layout).float()
+            elif self.spec.pooling == "last-token":
+                pooled = PackedEncoder.last_tokens(hidden, layout).float()
+            else:
+                pooled = PackedEncoder.mean(hidden, layout)
+            return pooled.cpu().numpy()
         inputs = self._pad(batch)
-        hidden = self._hidden(inputs)
+        padded = self._hidden(inputs)
         mask = inputs["attention_mask"]
         if self.spec.pooling == "cls":
-            pooled = hidden[:, 0].float()
+            pooled = padded[:, 0].float()
         elif self.spec.pooling == "last-token":
             last = mask.sum(dim=1) - 1
-            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
+            pooled = padded[torch.arange(padded.shape[0], device=padded.device), last].float()
         else:
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).float().sum(dim=1) / m.float().sum(dim=1).clamp(min=1.0)
+            m = mask.unsqueeze(-1).to(padded.dtype)
+            pooled = (padded * m).float().sum(dim=1) / m.float().sum(dim=1).clamp(min=1.0)
         return pooled.cpu().numpy()
+
+    def _token_rows(
+        self, batch: Sequence[Encoded], head: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> list[np.ndarray]:
+        """Per input, its tokens' last hidden states (or ``head`` of them) in float32, padding removed."""
+        if self.packed is not None:
+            hidden, layout = self._pack(batch)
+            out = (hidden if head is None else head(hidden)).float().cpu().numpy()
+            return list(np.split(out, np.cumsum(layout.lengths[:-1])))
+        padded = self._hidden(self._pad(batch))
+        rows = (padded if head is None else head(padded)).float().cpu().numpy()
+        return [rows[row, : len(enc.ids)] for row, enc in enumerate(batch)]
 
     @torch.inference_mode()
     def embed_sparse(self, batch: Sequence[Encoded]) -> list[list[tuple[int, float]]]:
         """bge-m3 lexical weights: relu(Linear(hidden)) per token, max-pooled per token id."""
-        if self.sparse_linear is None:
+        linear = self.sparse_linear
+        if linear is None:
             raise RuntimeError("this model has no sparse head")
-        inputs = self._pad(batch)
-        weights = torch.relu(self.sparse_linear(self._hidden(inputs))).squeeze(-1).float().cpu().numpy()
+        rows = self._token_rows(batch, lambda h: torch.relu(linear(h)).squeeze(-1))
         out: list[list[tuple[int, float]]] = []
-        for row, enc in enumerate(batch):
+        for enc, weights in zip(batch, rows, strict=True):
             best: dict[int, float] = {}
-            for tid, w in zip(enc.ids, weights[row, : len(enc.ids)], strict=True):  # the row cut to the input
+            for tid, w in zip(enc.ids, weights, strict=True):
                 if tid in self.unused_sparse_ids or w <= 0.0:
                     continue
                 if w > best.get(tid, 0.0):
@@ -306,13 +344,18 @@ class Engine:
     @torch.inference_mode()
     def embed_all(self, batch: Sequence[Encoded]) -> list[np.ndarray]:
         """Per-token hidden states [tokens, hidden] per input, padding removed (/embed_all)."""
-        hidden = self._hidden(self._pad(batch)).float().cpu().numpy()
-        return [hidden[row, : len(enc.ids)] for row, enc in enumerate(batch)]
+        return self._token_rows(batch)
 
     @torch.inference_mode()
     def classify(self, batch: Sequence[Encoded]) -> np.ndarray:
         """Raw logits [batch, labels] in float32."""
-        logits: torch.Tensor = self.model(**self._pad(batch)).logits
+        if self.packed is not None:
+            hidden, layout = self._pack(batch)
+            head = _packed_head(self.model, self.spec.kind)
+            assert head is not None
+            logits: torch.Tensor = head(PackedEncoder.first_tokens(hidden, layout))
+        else:
+            logits = self.model(**self._pad(batch)).logits
         scores: np.ndarray = logits.float().cpu().numpy()
         return scores
 
@@ -353,8 +396,37 @@ class Engine:
                 count = min(count, max_batch_requests)
         token = self._filler_id()
         batch = [Encoded([token] * length, [0] * length, length) for _ in range(count)]
-        self.run(self.task_for_model(), batch)
+        try:
+            self.run(self.task_for_model(), batch)
+        except Exception as exc:  # any failure of the packed pass: fall back to padded, or fail as before
+            if self.packed is None:
+                raise
+            # The unpadded pass is plain torch, but a device or kernel this was never run on may
+            # lack what it uses (boolean-mask attention); padded batches are what transformers runs.
+            log.warning("the unpadded forward pass failed at warm-up (%s); running padded batches instead", exc)
+            self.packed = None
+            self.spec = replace(self.spec, unpadded=False)
+            self.run(self.task_for_model(), batch)
         return count, length
+
+
+def _packed_head(model: Any, kind: str) -> Any:
+    """What turns first-token states [batch, hidden] into the model's output on the unpadded path.
+
+    Embedding models need nothing more (pooling is done on the rows). The sequence classifiers
+    of the BERT family read the first token of [batch, length, hidden], so they are given a
+    length of one: RoBERTa/XLM-R's head (dense, tanh, out_proj) and BERT's pooler + classifier.
+    None: a classifier whose head we do not know, which then runs padded.
+    """
+    if kind == "embedding":
+        return lambda first: first
+    model_type = getattr(model.config, "model_type", "")
+    if model_type in ("roberta", "xlm-roberta") and hasattr(model, "classifier"):
+        return lambda first: model.classifier(first.unsqueeze(1))
+    pooler = getattr(getattr(model, "bert", None), "pooler", None)
+    if model_type == "bert" and pooler is not None and hasattr(model, "classifier"):
+        return lambda first: model.classifier(pooler(first.unsqueeze(1)))
+    return None
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:

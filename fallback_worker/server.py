@@ -355,6 +355,7 @@ class App:
                 "tei_api_version": TEI_API_VERSION,
                 "device": spec.device,
                 "sparse_embeddings": spec.sparse,
+                "unpadded": spec.unpadded,
                 "rerank_mode": cfg.rerank_mode if spec.kind == "embedding" else "cross-encoder",
             },
         }
