@@ -7,12 +7,14 @@ model with perturbed weights (what a new upstream revision looks like to stored 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -29,7 +31,7 @@ from tei_manager.cli.app import main
 from tei_manager.core.plan import InstancePlan
 from tei_manager.instance_keys import bearer
 from tei_manager.models import fingerprint
-from tei_manager.models.fingerprint import Fingerprint, drift
+from tei_manager.models.fingerprint import Fingerprint, Thresholds, drift
 from tei_manager.state import state_dir
 
 pytestmark = [pytest.mark.slow]
@@ -62,8 +64,8 @@ def perturbed_copy(source: Path, target: Path) -> Path:
     return target
 
 
-def write_profile(directory: Path, name: str, endpoint: str, revision: str, port: int) -> Path:
-    data = {
+def write_profile(directory: Path, name: str, endpoint: str, revision: str, port: int, **deployment: object) -> Path:
+    data: dict[str, Any] = {
         "name": name, "hf_cache": str(directory / "cache"), "hub": {"endpoint": endpoint},
         "models": {"tiny": {"id": "acme/tiny-embedder", "task": "embed", "revision": revision}},
         "tenants": {"t": {}},
@@ -71,6 +73,7 @@ def write_profile(directory: Path, name: str, endpoint: str, revision: str, port
                          "port": port, "tuning": {"max_batch_tokens": 1024}, "env": {"HF_HUB_OFFLINE": "1"}}],
         "gateway": {"port": free_port()},
     }
+    data["deployments"][0].update(deployment)
     path = directory / "p.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -110,20 +113,91 @@ def test_a_new_revision_that_moves_the_vectors_is_refused_unless_accepted(
                      "--accept-embedding-change"]) == 0
     accepted = fingerprint.load(name, "tiny")
     assert accepted is not None and accepted.computes["revision"] == "v2"
-    assert accepted.last_drift and "revision 'v1' -> 'v2'" in accepted.last_drift
+    assert accepted.last_drift is not None and accepted.last_drift.changed == ["revision 'v1' -> 'v2'"]
     capsys.readouterr()
     assert main(["status", name, "--backend", "process"]) == 0
     shown = capsys.readouterr().out
-    assert f"fingerprint {name}/tiny: recorded" in shown and "last drift: drift after revision 'v1' -> 'v2'" in shown
+    assert f"fingerprint {name}/tiny: recorded" in shown
+    assert "last drift: drift after revision 'v1' -> 'v2': lowest cosine" in shown
+    assert main(["status", name, "--backend", "process", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    recorded_json = row["fingerprint"]
+    assert row["deployment"] == "tiny" and 0 <= recorded_json["age_s"] < 600
+    assert recorded_json["computes"]["revision"] == "v2" and recorded_json["recorded_at"].endswith("+00:00")
+    last = recorded_json["last_drift"]
+    assert last["what_changed"] == ["revision 'v1' -> 'v2'"] and last["measure"] == "cosine"
+    assert last["beyond"] is True and last["worst"] < last["threshold"] == 0.99
+    assert len(last["probes"]) == 6 and last["accepted_at"].endswith("+00:00")
+
+
+def test_a_dtype_change_beyond_the_deployments_own_threshold_is_refused_unless_accepted(
+        tmp_path: Path, hub_root: Path, online: None, name: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # float32 -> bfloat16 keeps 8 bits of mantissa: the tiny model's vectors keep a cosine of about
+    # 0.99999 with the float32 ones, which the default 0.99 lets through. A deployment that wants
+    # no change at all says so with its own, stricter threshold. Both dtypes are explicit: the
+    # worker's own default on CPU is bfloat16 where the CPU has native bfloat16, else float32.
+    strict = {"min_cosine": 0.9999995}
+    port = free_port()
+    with hub_standin(hub_root) as hub:
+        profile = write_profile(tmp_path, name, hub.endpoint, "v1", port, fingerprint=strict,
+                                tuning={"max_batch_tokens": 1024, "dtype": "float32"})
+        assert main(["apply", str(profile), "--backend", "process", "--timeout", "180"]) == 0
+        recorded = fingerprint.load(name, "tiny")
+        assert recorded is not None and recorded.computes["dtype"] == "float32"
+
+        # The same port: the float32 instance stops first, and the refusal has to bring it back.
+        profile.write_text(profile.read_text().replace("dtype: float32", "dtype: bfloat16"))
+        capsys.readouterr()
+        assert main(["apply", str(profile), "--backend", "process", "--timeout", "180"]) == 1
+        err = capsys.readouterr().err
+        assert "tiny would compute different embeddings (dtype 'float32' -> 'bfloat16'); beyond cosine 0.9999995" \
+            in err
+        cosines = [float(c) for c in re.findall(r"probe \d '.+?': cosine (-?[0-9.]+)", err)]
+        assert len(cosines) == 6 and min(cosines) < 0.9999995 and all(c > 0.99 for c in cosines)
+        assert "rolled back" in err and "--accept-embedding-change" in err
+        assert fingerprint.load(name, "tiny") == recorded
+        assert httpx.post(f"http://127.0.0.1:{port}/embed", json={"inputs": fingerprint.PROBES[0]},
+                          headers=bearer(name, "tiny"), timeout=30).status_code == 200
+
+        assert main(["apply", str(profile), "--backend", "process", "--timeout", "180",
+                     "--accept-embedding-change"]) == 0
+        accepted = fingerprint.load(name, "tiny")
+        assert accepted is not None and accepted.computes["dtype"] == "bfloat16"
+        assert accepted.last_drift is not None and accepted.last_drift.changed == ["dtype 'float32' -> 'bfloat16'"]
+        assert accepted.last_drift.beyond and accepted.last_drift.threshold == 0.9999995
+
+        # Unchanged: nothing is replaced and nothing is measured.
+        def no_measuring(inst: InstancePlan, *, timeout_s: float = 60.0) -> list[Any]:
+            raise AssertionError(f"an unchanged apply measured {inst.name}")
+
+        monkeypatch.setattr(fingerprint, "measure", no_measuring)
+        capsys.readouterr()
+        assert main(["apply", str(profile), "--backend", "process"]) == 0
+        assert "nothing to change" in capsys.readouterr().out
+        assert fingerprint.load(name, "tiny") == accepted
 
 
 def test_rerank_drift_is_measured_on_scores() -> None:
     old = Fingerprint(deployment="r", task="rerank", computes={}, outputs=[0.9, 0.1, 0.5, 0.2, 0.3, 0.4],
                       recorded_at=0.0)
-    same, figures = drift(old, "rerank", [0.91, 0.1, 0.5, 0.2, 0.3, 0.4])
-    moved, _ = drift(old, "rerank", [0.5, 0.1, 0.5, 0.2, 0.3, 0.4])
-    assert not same and moved
-    assert figures[0].endswith("score 0.9000 -> 0.9100 (delta 0.0100)")
+    same = drift(old, "rerank", [0.91, 0.1, 0.5, 0.2, 0.3, 0.4])
+    moved = drift(old, "rerank", [0.5, 0.1, 0.5, 0.2, 0.3, 0.4])
+    assert not same.beyond and moved.beyond and moved.worst == pytest.approx(0.4)
+    assert same.figures[0].endswith("score 0.900000 -> 0.910000 (delta 0.010000)")
+    strict = drift(old, "rerank", [0.91, 0.1, 0.5, 0.2, 0.3, 0.4], Thresholds(max_score_delta=0.001))
+    assert strict.beyond  # a deployment's own `fingerprint.max_score_delta` is stricter than the default
+
+
+def test_a_fingerprint_recorded_before_drifts_were_structured_still_guards(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEI_MANAGER_STATE_DIR", str(tmp_path))
+    target = fingerprint.path_of("p", "d")
+    target.parent.mkdir(parents=True)
+    target.write_text(json.dumps({"deployment": "d", "task": "embed", "computes": {"revision": "v1"},
+                                  "outputs": [[1.0, 0.0]], "recorded_at": 5.0, "last_drift": "drift after ..."}))
+    old = fingerprint.load("p", "d")
+    assert old is not None and old.outputs == [[1.0, 0.0]] and old.last_drift is None
 
 
 def test_what_a_deployment_computes_includes_dtype_and_runtime() -> None:
