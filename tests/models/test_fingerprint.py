@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 import yaml
-from safetensors.numpy import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fixtures.hub_standin import hub_standin
+from fixtures.tiny_models import perturbed_copy
 from test_apply_pulls import free_port  # type: ignore[import-not-found]
 
 from tei_manager.cli import output
@@ -52,16 +51,6 @@ def name() -> Iterator[str]:
 
     down(profile, ProcessBackend(), stop_timeout_s=3)
     shutil.rmtree(state_dir(profile), ignore_errors=True)  # records, logs and fingerprints
-
-
-def perturbed_copy(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target)
-    weights = load_file(str(source / "model.safetensors"))
-    rng = np.random.default_rng(7)
-    changed = {k: (v + rng.normal(0, 0.2, v.shape).astype(v.dtype)) if v.dtype.kind == "f" else v
-               for k, v in weights.items()}
-    save_file(changed, str(target / "model.safetensors"))
-    return target
 
 
 def write_profile(directory: Path, name: str, endpoint: str, revision: str, port: int, **deployment: object) -> Path:
