@@ -7,8 +7,8 @@ pooling can each move the vectors.  So:
 * when a deployment first becomes healthy, its **fingerprint** is recorded: the vectors (embed) or
   scores (rerank) of `PROBES`, a fixed multilingual set, with what the deployment computes
   (`computes()`: model, revision, local path, runtime, dtype, pooling, rerank mode);
-* when a later apply changes any of those, the new instance is measured once healthy, before the
-  apply completes (the old instance is restored if it refuses), and compared per probe: cosine of
+* when a later apply changes any of those, each new instance (every replica) is measured once
+  healthy, before the apply completes (the old instance is restored if it refuses), and compared per probe: cosine of
   the vectors, or the difference of the scores.  Beyond `MIN_COSINE` / `MAX_SCORE_DELTA` (or the
   deployment's own `fingerprint:` thresholds) the apply refuses with `EmbeddingDriftError`, naming
   each probe's figure and what changed, unless the change is accepted
@@ -24,7 +24,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -231,10 +231,14 @@ class FingerprintGuard:
                            for d in profile.deployments})
 
     def check(self, inst: InstancePlan) -> None:
-        """Called when a new instance is healthy, before the apply completes; raises on drift."""
+        """Called when a new instance is healthy, before the apply completes; raises on drift.
+
+        Every replica is checked, not only the first: a rollout replaces them one by one, and a
+        replica on other hardware (another GPU type, hence another image or attention kernel) can
+        drift where replica 0 did not."""
         old = load(self.profile, inst.deployment)
         now = computes(inst)
-        if old is None or old.computes == now or inst.replica != 0:
+        if old is None or old.computes == now:
             return
         outputs = measure(inst)
         limits = self.limits.get(inst.deployment, Thresholds())
@@ -243,8 +247,9 @@ class FingerprintGuard:
         rerank = inst.task == "rerank"
         if measured.beyond and not (self.accept_change or inst.deployment in self.accepted):
             threshold = f"score delta {limits.max_score_delta}" if rerank else f"cosine {limits.min_cosine}"
+            replica = f" (replica {inst.replica}, {inst.name})" if inst.replica else ""
             raise EmbeddingDriftError(
-                f"{inst.deployment} would compute different {'scores' if rerank else 'embeddings'}"
+                f"{inst.deployment}{replica} would compute different {'scores' if rerank else 'embeddings'}"
                 f" ({'; '.join(changed)}); beyond {threshold}:\n    " + "\n    ".join(measured.figures),
                 where=inst.name,
                 fix="vectors stored with the old model are not comparable: re-index, or pass "
@@ -253,20 +258,28 @@ class FingerprintGuard:
         accepted = Drift(changed=changed, measure="score delta" if rerank else "cosine", worst=measured.worst,
                          threshold=limits.max_score_delta if rerank else limits.min_cosine, beyond=measured.beyond,
                          figures=measured.figures, accepted_at=time.time())
-        self.pending[inst.deployment] = Fingerprint(deployment=inst.deployment, task=inst.task, computes=now,
-                                                    outputs=outputs, recorded_at=time.time(), last_drift=accepted)
+        first = self.pending.get(inst.deployment)
+        if first is None:  # the first replica measured gives the new fingerprint
+            self.pending[inst.deployment] = Fingerprint(deployment=inst.deployment, task=inst.task, computes=now,
+                                                        outputs=outputs, recorded_at=time.time(), last_drift=accepted)
+        elif first.last_drift is not None and _worse(accepted, first.last_drift):
+            # The drift kept is the worst any replica showed.
+            self.pending[inst.deployment] = replace(first, last_drift=accepted)
 
     def record(self, instances: list[InstancePlan]) -> None:
         """After a successful apply: keep accepted fingerprints; measure deployments that have none."""
         for inst in instances:
-            if inst.replica != 0:
-                continue
             if inst.deployment in self.pending:
                 save(self.profile, self.pending.pop(inst.deployment))
-            elif load(self.profile, inst.deployment) is None:
+            elif inst.replica == 0 and load(self.profile, inst.deployment) is None:
                 try:
                     outputs = measure(inst)
                 except httpx.HTTPError:
                     continue  # recorded on the next apply
                 save(self.profile, Fingerprint(deployment=inst.deployment, task=inst.task, computes=computes(inst),
                                                outputs=outputs, recorded_at=time.time()))
+
+
+def _worse(a: Drift, b: Drift) -> bool:
+    """Did `a` move the outputs further than `b`?  (Lower cosine, or larger score delta.)"""
+    return a.worst > b.worst if a.measure == "score delta" else a.worst < b.worst

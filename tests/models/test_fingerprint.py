@@ -11,8 +11,11 @@ import json
 import re
 import shutil
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,7 @@ from tei_manager.cli.app import main
 from tei_manager.core.plan import InstancePlan
 from tei_manager.instance_keys import bearer
 from tei_manager.models import fingerprint
-from tei_manager.models.fingerprint import Fingerprint, Thresholds, drift
+from tei_manager.models.fingerprint import EmbeddingDriftError, Fingerprint, FingerprintGuard, Thresholds, drift
 from tei_manager.state import state_dir
 
 pytestmark = [pytest.mark.slow]
@@ -165,6 +168,71 @@ def test_a_dtype_change_beyond_the_deployments_own_threshold_is_refused_unless_a
         assert main(["apply", str(profile), "--backend", "process"]) == 0
         assert "nothing to change" in capsys.readouterr().out
         assert fingerprint.load(name, "tiny") == accepted
+
+
+@contextmanager
+def embedder_standin(vectors: list[list[float]]) -> Iterator[int]:
+    """An instance on loopback that answers /embed with fixed vectors; yields its port.
+
+    A stand-in, said so: two real workers of one deployment compute the same vectors on this host;
+    replicas only differ on other hardware (another GPU type, image or attention kernel)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # the stdlib's name
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            body = json.dumps(vectors).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def replica(index: int, port: int, revision: str) -> InstancePlan:
+    from tei_manager.core.plan import ModelCache, ModelSource, RuntimeSettings
+
+    return InstancePlan(name="tiny" if index == 0 else f"tiny-{index}", profile="p", deployment="tiny", replica=index,
+                        tenant="t", model_key="m", model=ModelSource(hub_id="acme/tiny", revision=revision),
+                        served_model_name="acme/tiny", task="embed", runtime="fallback", image="", bind="127.0.0.1",
+                        host_port=port, settings=RuntimeSettings(served_model_name="acme/tiny", max_batch_tokens=1,
+                                                                 max_concurrent_requests=1, max_client_batch_size=1),
+                        hf_cache=ModelCache(volume="v"))
+
+
+def test_every_new_replica_is_checked_not_only_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEI_MANAGER_STATE_DIR", str(tmp_path))
+    before = [[1.0, 0.0, 0.0]] * len(fingerprint.PROBES)
+    elsewhere = [[0.6, 0.8, 0.0]] * len(fingerprint.PROBES)  # cosine 0.6 with `before`
+    fingerprint.save("p", Fingerprint(deployment="tiny", task="embed", computes=fingerprint.computes(
+        replica(0, 1, "v1")), outputs=before, recorded_at=1.0))
+    with embedder_standin(before) as first, embedder_standin(elsewhere) as second:
+        new = [replica(0, first, "v2"), replica(1, second, "v2")]
+        guard = FingerprintGuard("p")
+        guard.check(new[0])  # replica 0 computes what was recorded
+        with pytest.raises(EmbeddingDriftError) as refused:
+            guard.check(new[1])
+        assert refused.value.where == "tiny-1"
+        assert "tiny (replica 1, tiny-1) would compute different embeddings (revision 'v1' -> 'v2')" in \
+            refused.value.what and "cosine 0.600000" in refused.value.what
+
+        accepting = FingerprintGuard("p", accept_change=True)
+        for inst in new:
+            accepting.check(inst)
+        accepting.record(new)
+    saved = fingerprint.load("p", "tiny")
+    assert saved is not None and saved.outputs == before  # the first replica's vectors
+    assert saved.last_drift is not None and saved.last_drift.worst == pytest.approx(0.6)  # the worst replica's
 
 
 def test_rerank_drift_is_measured_on_scores() -> None:
