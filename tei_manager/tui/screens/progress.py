@@ -199,6 +199,7 @@ class ProgressScreen(TuiScreen):
             self.finished, self.ok, self.drift_refused = False, None, False
             self.refresh_bindings()
             self._reset_rows()
+            self._logged.clear()
             result = self.query_one("#apply-result", Static)
             result.remove_class("failed")
             result.update(f"applying {self.plan.profile}, the embedding change accepted…")
