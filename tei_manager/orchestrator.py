@@ -126,6 +126,7 @@ class InstanceStatus:
     spec_hash: str | None
     slot: str = ""
     pid: int | None = None
+    deployment: str = ""  # the profile's deployment this instance is (a replica of)
 
     @property
     def address(self) -> str:
@@ -562,5 +563,6 @@ def status(backends: Backend | Iterable[Backend], profile: str | None = None, *,
                 spec_hash=obs.spec_hash,
                 slot=obs.slot,
                 pid=obs.pid,
+                deployment=plan.deployment if plan else obs.name,
             ))
     return rows

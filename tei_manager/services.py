@@ -9,6 +9,8 @@ our own pids, the backend's capabilities), so the two always agree.
     open_readers(choice, options) -> [Backend]                   backends for status/down/logs
     live_plan(path, target, facts=None) -> Plan                  what apply converges on
     plan_profile(path, backend=..., gpus=..., docker=...) -> Plan   what `plan` prints
+    pull_missing(path, on_progress) -> [Pulled]                  models fetched before apply starts instances
+    apply_guarded(path, plan, backend, ...) -> ApplyResult      apply, guarded by embedding fingerprints
     tune_profile(path, options, backend=...) -> TuneResult       what `tune` measures (tei_manager.tune)
 """
 
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 if TYPE_CHECKING:
     from tei_manager.models.source import Sized
     from tei_manager.models.store import ProgressSink, Pulled
+    from tei_manager.orchestrator import ApplyResult, EventSink
 
 __all__ = [
     "AUTO",
@@ -55,6 +58,7 @@ __all__ = [
     "SlotRenaming",
     "Target",
     "all_options",
+    "apply_guarded",
     "auto_backend_names",
     "backend_names",
     "close_all",
@@ -312,6 +316,22 @@ def pull_missing(path: str | Path, on_progress: ProgressSink | None = None) -> l
     profile = load(path)
     keys = missing(profile)
     return pull(profile, keys=keys, on_progress=on_progress) if keys else []
+
+
+def apply_guarded(path: str | Path, plan: Plan, backend: Backend, *, on_event: EventSink | None = None,
+                  timeout_s: float | None = None, accept_embedding_change: bool = False) -> ApplyResult:
+    """What `apply` does once the models are in place: the orchestrator's apply, with every new
+    instance of a deployment whose computation changed checked against its embedding fingerprint
+    (EmbeddingDriftError rolls the apply back), and fingerprints recorded for deployments that
+    have none yet.  The CLI and the TUI both apply through here."""
+    from tei_manager import orchestrator
+    from tei_manager.models.fingerprint import FingerprintGuard
+
+    guard = FingerprintGuard.for_profile(load(path), accept_change=accept_embedding_change)
+    result = orchestrator.apply(plan, backend, on_event=on_event, on_healthy=guard.check,
+                                timeout_s=orchestrator.DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
+    guard.record(list(plan.instances))  # first healthy: the fingerprint later applies compare with
+    return result
 
 
 # --- tuning --------------------------------------------------------------------------------------------

@@ -14,11 +14,13 @@ from tei_manager.cli import watch_cmd
 from tei_manager.cli.models_cmd import PullProgress, print_pulled
 from tei_manager.cli.options import backend_option, with_backend_options
 from tei_manager.cli.output import console, err_console
-from tei_manager.cli.render import ApplyRenderer, print_table, status_json, status_table
+from tei_manager.cli.render import ApplyRenderer, fingerprint_line, print_table, status_json, status_table
 from tei_manager.errors import BackendError, TeiManagerError
-from tei_manager.orchestrator import DEFAULT_TIMEOUT_S, InstanceStep, apply, down, status
+from tei_manager.models.fingerprint import recorded
+from tei_manager.orchestrator import DEFAULT_TIMEOUT_S, InstanceStep, down, status
 from tei_manager.services import (
     Options,
+    apply_guarded,
     close_all,
     live_plan,
     open_readers,
@@ -46,14 +48,10 @@ def apply_cmd(
     backend_options: Options,
 ) -> None:
     """Converge on a profile: create, replace or keep instances, wait until healthy, roll back on failure."""
-    from tei_manager.models.fingerprint import FingerprintGuard
     from tei_manager.services import load, probe
 
     facts = probe(backend_options)
     loaded = load(profile)
-    guard = FingerprintGuard(loaded.name, accept_change=accept_embedding_change,
-                             accepted=frozenset(d.instance_prefix for d in loaded.deployments
-                                                if d.accept_embedding_change))
     target = open_target(backend, loaded.name, backend_options, facts)
     engine = target.backend
     try:
@@ -65,10 +63,10 @@ def apply_cmd(
         print_pulled(pulled)
         renderer = ApplyRenderer(console)
         try:
-            result = apply(plan, engine, on_event=renderer, timeout_s=timeout, on_healthy=guard.check)
+            result = apply_guarded(profile, plan, engine, on_event=renderer, timeout_s=timeout,
+                                   accept_embedding_change=accept_embedding_change)
         finally:
             renderer.close()
-        guard.record(list(plan.instances))  # first healthy: the fingerprint later applies compare with
         if result.changed:
             console.print(f"[green]applied[/] {plan.profile} in {result.duration_s:.1f}s ({engine.name} backend)",
                           soft_wrap=True)
@@ -128,29 +126,18 @@ def status_cmd(
         rows = status(engines, name)
     finally:
         close_all(engines)
+    fingerprints = {(profile, found.deployment): found
+                    for profile in sorted({r.profile for r in rows}) for found in recorded(profile)}
     if as_json:
-        typer.echo(json.dumps(status_json(rows), indent=2))
+        typer.echo(json.dumps(status_json(rows, fingerprints), indent=2))
         return
     if not rows:
         console.print(f"no instances{f' of profile {name!r}' if name else ''} are running "
                       f"(backends: {', '.join(e.name for e in engines)})", soft_wrap=True)
         return
     print_table(console, status_table(rows))
-    _print_fingerprints(sorted({r.profile for r in rows}))
-
-
-def _print_fingerprints(profiles: list[str]) -> None:
-    """Each deployment's embedding fingerprint: how old, and the last change it let through."""
-    from tei_manager.models.fingerprint import recorded
-
-    for profile in profiles:
-        for found in recorded(profile):
-            deployment = found.deployment
-            age = found.age_s()
-            shown = f"{age / 86400:.1f} d" if age >= 86400 else f"{age / 3600:.1f} h" if age >= 3600 \
-                else f"{age:.0f} s"
-            console.print(f"fingerprint {profile}/{deployment}: recorded {shown} ago; last drift: "
-                          f"{found.last_drift or 'none'}", highlight=False, soft_wrap=True)
+    for (profile, _), found in fingerprints.items():
+        console.print(fingerprint_line(profile, found), highlight=False, soft_wrap=True)
 
 
 @with_backend_options

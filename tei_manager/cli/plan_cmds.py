@@ -272,7 +272,7 @@ def schema_rows() -> list[tuple[str, list[tuple[str, str, str, str]]]]:
 
     out: list[tuple[str, list[tuple[str, str, str, str]]]] = []
     for cls in (m.Profile, m.ModelSpec, m.Tenant, m.SecretRef, m.Quota, m.Deployment, m.GpuPlacement,
-                m.Tuning, m.Limits, m.TeiImage, m.GatewaySettings, m.HubSettings, m.Autoscaling,
+                m.Tuning, m.Limits, m.FingerprintLimits, m.TeiImage, m.GatewaySettings, m.HubSettings, m.Autoscaling,
                 m.KubernetesSettings, m.KubernetesGpu, m.ModelCache):
         rows = []
         for name, info in cls.model_fields.items():

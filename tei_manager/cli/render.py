@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tei_manager.core.diff import Action
+from tei_manager.models.fingerprint import Fingerprint
 from tei_manager.orchestrator import (
     ActionsPlanned,
     ApplyFinished,
@@ -152,14 +153,27 @@ def print_table(console: Console, table: Table) -> None:
         Console(file=console.file, width=200, no_color=console.no_color).print(table)
 
 
-def status_json(rows: Sequence[InstanceStatus]) -> list[dict[str, Any]]:
+def status_json(rows: Sequence[InstanceStatus],
+                fingerprints: Mapping[tuple[str, str], Fingerprint] | None = None) -> list[dict[str, Any]]:
+    """`status --json`: one object per instance; `fingerprint` is its deployment's (null when none
+    is recorded yet), keyed in `fingerprints` by (profile, deployment)."""
     now = datetime.now(timezone.utc)
-    return [
-        {
-            "instance": r.name, "profile": r.profile, "backend": r.backend, "tenant": r.tenant, "model": r.model,
-            "runtime": r.runtime, "device": r.device, "bind": r.bind, "port": r.port, "state": r.state,
-            "health": r.health, "uptime_s": r.uptime_s(now), "restarts": r.restarts,
-            "gpu_memory_mib": r.gpu_memory_mib, "spec_hash": r.spec_hash, "slot": r.slot, "pid": r.pid,
-        }
-        for r in rows
-    ]
+    found = fingerprints or {}
+    out = []
+    for r in rows:
+        recorded = found.get((r.profile, r.deployment))
+        out.append({
+            "instance": r.name, "profile": r.profile, "deployment": r.deployment, "backend": r.backend,
+            "tenant": r.tenant, "model": r.model, "runtime": r.runtime, "device": r.device, "bind": r.bind,
+            "port": r.port, "state": r.state, "health": r.health, "uptime_s": r.uptime_s(now),
+            "restarts": r.restarts, "gpu_memory_mib": r.gpu_memory_mib, "spec_hash": r.spec_hash, "slot": r.slot,
+            "pid": r.pid, "fingerprint": recorded.as_status(now.timestamp()) if recorded else None,
+        })
+    return out
+
+
+def fingerprint_line(profile: str, found: Fingerprint) -> str:
+    """`status`'s line per deployment: how old its fingerprint is, and the last change it let through."""
+    drift = found.last_drift.describe() if found.last_drift else "none"
+    return (f"fingerprint {profile}/{found.deployment}: recorded {human_duration(found.age_s())} ago; "
+            f"last drift: {drift}")

@@ -325,6 +325,18 @@ class KubernetesSettings(Strict):
         return value
 
 
+class FingerprintLimits(Strict):
+    """How far a deployment's outputs may drift from its recorded fingerprint before an apply refuses."""
+
+    min_cosine: float = Field(
+        0.99, gt=-1, le=1,
+        description="Embed: refuse when any probe's new vector has a lower cosine with the recorded one.",
+    )
+    max_score_delta: float = Field(
+        0.05, ge=0, description="Rerank: refuse when any probe's score moves by more than this."
+    )
+
+
 class Deployment(Strict):
     """One tenant's use of one model: becomes `replicas` instances."""
 
@@ -355,6 +367,10 @@ class Deployment(Strict):
         False,
         description="Let an apply switch to a model, revision, runtime, dtype or pooling whose outputs drift from "
         "the recorded fingerprint (as `apply --accept-embedding-change` does once).",
+    )
+    fingerprint: FingerprintLimits = Field(
+        default_factory=FingerprintLimits,
+        description="Drift thresholds of the embedding fingerprint that guards applies (docs/models.md).",
     )
 
     @field_validator("name")

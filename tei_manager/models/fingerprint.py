@@ -7,11 +7,12 @@ pooling can each move the vectors.  So:
 * when a deployment first becomes healthy, its **fingerprint** is recorded: the vectors (embed) or
   scores (rerank) of `PROBES`, a fixed multilingual set, with what the deployment computes
   (`computes()`: model, revision, local path, runtime, dtype, pooling, rerank mode);
-* when a later apply changes any of those, the new instance is measured once healthy, before the
-  apply completes (the old instance is restored if it refuses), and compared per probe: cosine of
-  the vectors, or the difference of the scores.  Beyond `MIN_COSINE` / `MAX_SCORE_DELTA` the
-  apply refuses, naming each probe's figure and what changed, unless the change is accepted
-  (`apply --accept-embedding-change`).
+* when a later apply changes any of those, each new instance (every replica) is measured once
+  healthy, before the apply completes (the old instance is restored if it refuses), and compared per probe: cosine of
+  the vectors, or the difference of the scores.  Beyond `MIN_COSINE` / `MAX_SCORE_DELTA` (or the
+  deployment's own `fingerprint:` thresholds) the apply refuses with `EmbeddingDriftError`, naming
+  each probe's figure and what changed, unless the change is accepted
+  (`apply --accept-embedding-change`); the accepted change is kept as the fingerprint's `Drift`.
 
 Fingerprints live in the profile's state directory (`fingerprints/<deployment>.json`): vectors
 and scores of public probe texts, no keys.
@@ -22,12 +23,15 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tei_manager.core.models import Profile
 from tei_manager.core.plan import InstancePlan
 from tei_manager.errors import ApplyError
 from tei_manager.instance_keys import instance_headers
@@ -59,16 +63,60 @@ def computes(inst: InstancePlan) -> dict[str, str | None]:
 
 
 @dataclass(frozen=True)
+class Thresholds:
+    """How far a deployment's outputs may move before an apply refuses (the profile's `fingerprint:`)."""
+
+    min_cosine: float = MIN_COSINE
+    max_score_delta: float = MAX_SCORE_DELTA
+
+
+@dataclass(frozen=True)
+class Drift:
+    """The last change an apply let through: what changed and how far the outputs moved."""
+
+    changed: list[str]  # e.g. ["revision 'v1' -> 'v2'"]
+    measure: str  # "cosine" (embed: the lowest over the probes) or "score delta" (rerank: the largest)
+    worst: float
+    threshold: float
+    beyond: bool  # beyond the threshold: it switched only because the change was accepted
+    figures: list[str]  # one per probe, as the refusal names them
+    accepted_at: float
+
+    def describe(self) -> str:
+        which = "lowest cosine" if self.measure == "cosine" else "largest score delta"
+        return (f"{'drift' if self.beyond else 'no drift'} after {'; '.join(self.changed)}: "
+                f"{which} {self.worst:.6f} (limit {self.threshold})")
+
+
+@dataclass(frozen=True)
 class Fingerprint:
     deployment: str
     task: str
     computes: dict[str, str | None]
     outputs: list[Any]  # a vector per probe (embed) or a score per probe (rerank)
     recorded_at: float
-    last_drift: str | None = None  # the last accepted change, as the refusal would have said it
+    last_drift: Drift | None = None
 
     def age_s(self, now: float | None = None) -> float:
         return (now or time.time()) - self.recorded_at
+
+    def as_status(self, now: float | None = None) -> dict[str, Any]:
+        """What `status --json` shows: when it was recorded, what it measured, the last accepted change."""
+        drift = self.last_drift
+        return {
+            "recorded_at": _iso(self.recorded_at),
+            "age_s": round(self.age_s(now), 1),
+            "computes": self.computes,
+            "last_drift": None if drift is None else {
+                "what_changed": drift.changed, "measure": drift.measure, "worst": drift.worst,
+                "threshold": drift.threshold, "beyond": drift.beyond, "accepted_at": _iso(drift.accepted_at),
+                "probes": drift.figures,
+            },
+        }
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="seconds")
 
 
 def path_of(profile: str, deployment: str) -> Path:
@@ -78,7 +126,10 @@ def path_of(profile: str, deployment: str) -> Path:
 def load(profile: str, deployment: str) -> Fingerprint | None:
     try:
         data = json.loads(path_of(profile, deployment).read_text())
-        return Fingerprint(**data)
+        drift = data.pop("last_drift", None)
+        # Records written before drifts were structured held a sentence: the fingerprint itself is
+        # still the baseline to compare with, only that sentence is dropped.
+        return Fingerprint(**data, last_drift=Drift(**drift) if isinstance(drift, dict) else None)
     except (OSError, ValueError, TypeError):
         return None
 
@@ -120,71 +171,115 @@ def cosine(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b, strict=True)) / norm if norm else 0.0
 
 
-def drift(old: Fingerprint, task: str, outputs: list[Any]) -> tuple[bool, list[str]]:
-    """(beyond the threshold, one figure per probe) between a recorded fingerprint and new outputs."""
+@dataclass(frozen=True)
+class Measured:
+    """New outputs compared with a recorded fingerprint, probe by probe."""
+
+    beyond: bool  # any probe beyond the threshold
+    worst: float  # the lowest cosine (embed) or the largest score delta (rerank)
+    figures: list[str]
+
+
+def drift(old: Fingerprint, task: str, outputs: list[Any], limits: Thresholds = Thresholds()) -> Measured:
+    """How far new outputs moved from a recorded fingerprint, one figure per probe."""
     figures: list[str] = []
-    beyond = False
+    values: list[float] = []
     for i, (before, after) in enumerate(zip(old.outputs, outputs, strict=False)):
         label = PROBES[i][:24]
         if task == "rerank":
             delta = abs(float(after) - float(before))
-            beyond |= delta > MAX_SCORE_DELTA
-            figures.append(f"probe {i} {label!r}: score {before:.4f} -> {after:.4f} (delta {delta:.4f})")
+            values.append(delta)
+            figures.append(f"probe {i} {label!r}: score {before:.6f} -> {after:.6f} (delta {delta:.6f})")
         else:
             value = cosine(before, after)
-            beyond |= value < MIN_COSINE
-            figures.append(f"probe {i} {label!r}: cosine {value:.4f}")
-    return beyond, figures
+            values.append(value)
+            figures.append(f"probe {i} {label!r}: cosine {value:.6f}")
+    if task == "rerank":
+        worst = max(values, default=0.0)
+        return Measured(worst > limits.max_score_delta, worst, figures)
+    worst = min(values, default=1.0)
+    return Measured(worst < limits.min_cosine, worst, figures)
 
 
 def changes(old: dict[str, str | None], new: dict[str, str | None]) -> list[str]:
     return [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in new if old.get(key) != new.get(key)]
 
 
+class EmbeddingDriftError(ApplyError):
+    """A new instance computes outputs that drift from the deployment's fingerprint (the apply is
+    rolled back); applying again with the change accepted lets it through."""
+
+
 class FingerprintGuard:
     """The apply hook: checks each new instance of a deployment whose computation changed, and
     records fingerprints once the apply has succeeded."""
 
-    def __init__(self, profile: str, *, accept_change: bool = False, accepted: frozenset[str] = frozenset()) -> None:
+    def __init__(self, profile: str, *, accept_change: bool = False, accepted: frozenset[str] = frozenset(),
+                 limits: Mapping[str, Thresholds] | None = None) -> None:
         self.profile = profile
         self.accept_change = accept_change
         self.accepted = accepted  # deployments whose profile says `accept_embedding_change: true`
+        self.limits = dict(limits or {})  # per deployment, from the profile's `fingerprint:`
         self.pending: dict[str, Fingerprint] = {}
 
+    @classmethod
+    def for_profile(cls, profile: Profile, *, accept_change: bool = False) -> FingerprintGuard:
+        """The guard of an apply of `profile`: its deployments' acceptances and thresholds."""
+        return cls(profile.name, accept_change=accept_change,
+                   accepted=frozenset(d.instance_prefix for d in profile.deployments if d.accept_embedding_change),
+                   limits={d.instance_prefix: Thresholds(d.fingerprint.min_cosine, d.fingerprint.max_score_delta)
+                           for d in profile.deployments})
+
     def check(self, inst: InstancePlan) -> None:
-        """Called when a new instance is healthy, before the apply completes; raises ApplyError on drift."""
+        """Called when a new instance is healthy, before the apply completes; raises on drift.
+
+        Every replica is checked, not only the first: a rollout replaces them one by one, and a
+        replica on other hardware (another GPU type, hence another image or attention kernel) can
+        drift where replica 0 did not."""
         old = load(self.profile, inst.deployment)
         now = computes(inst)
-        if old is None or old.computes == now or inst.replica != 0:
+        if old is None or old.computes == now:
             return
         outputs = measure(inst)
-        beyond, figures = drift(old, inst.task, outputs)
-        what = "; ".join(changes(old.computes, now))
-        summary = f"{'drift' if beyond else 'no drift'} after {what}: " + ", ".join(figures)
-        if beyond and not (self.accept_change or inst.deployment in self.accepted):
-            threshold = f"score delta {MAX_SCORE_DELTA}" if inst.task == "rerank" else f"cosine {MIN_COSINE}"
-            raise ApplyError(
-                f"{inst.deployment} would compute different {'scores' if inst.task == 'rerank' else 'embeddings'}"
-                f" ({what}); beyond {threshold}:\n    " + "\n    ".join(figures),
+        limits = self.limits.get(inst.deployment, Thresholds())
+        measured = drift(old, inst.task, outputs, limits)
+        changed = changes(old.computes, now)
+        rerank = inst.task == "rerank"
+        if measured.beyond and not (self.accept_change or inst.deployment in self.accepted):
+            threshold = f"score delta {limits.max_score_delta}" if rerank else f"cosine {limits.min_cosine}"
+            replica = f" (replica {inst.replica}, {inst.name})" if inst.replica else ""
+            raise EmbeddingDriftError(
+                f"{inst.deployment}{replica} would compute different {'scores' if rerank else 'embeddings'}"
+                f" ({'; '.join(changed)}); beyond {threshold}:\n    " + "\n    ".join(measured.figures),
                 where=inst.name,
                 fix="vectors stored with the old model are not comparable: re-index, or pass "
                 "--accept-embedding-change to switch anyway",
             )
-        self.pending[inst.deployment] = Fingerprint(deployment=inst.deployment, task=inst.task, computes=now,
-                                                    outputs=outputs, recorded_at=time.time(),
-                                                    last_drift=summary)
+        accepted = Drift(changed=changed, measure="score delta" if rerank else "cosine", worst=measured.worst,
+                         threshold=limits.max_score_delta if rerank else limits.min_cosine, beyond=measured.beyond,
+                         figures=measured.figures, accepted_at=time.time())
+        first = self.pending.get(inst.deployment)
+        if first is None:  # the first replica measured gives the new fingerprint
+            self.pending[inst.deployment] = Fingerprint(deployment=inst.deployment, task=inst.task, computes=now,
+                                                        outputs=outputs, recorded_at=time.time(), last_drift=accepted)
+        elif first.last_drift is not None and _worse(accepted, first.last_drift):
+            # The drift kept is the worst any replica showed.
+            self.pending[inst.deployment] = replace(first, last_drift=accepted)
 
     def record(self, instances: list[InstancePlan]) -> None:
         """After a successful apply: keep accepted fingerprints; measure deployments that have none."""
         for inst in instances:
-            if inst.replica != 0:
-                continue
             if inst.deployment in self.pending:
                 save(self.profile, self.pending.pop(inst.deployment))
-            elif load(self.profile, inst.deployment) is None:
+            elif inst.replica == 0 and load(self.profile, inst.deployment) is None:
                 try:
                     outputs = measure(inst)
                 except httpx.HTTPError:
                     continue  # recorded on the next apply
                 save(self.profile, Fingerprint(deployment=inst.deployment, task=inst.task, computes=computes(inst),
                                                outputs=outputs, recorded_at=time.time()))
+
+
+def _worse(a: Drift, b: Drift) -> bool:
+    """Did `a` move the outputs further than `b`?  (Lower cosine, or larger score delta.)"""
+    return a.worst > b.worst if a.measure == "score delta" else a.worst < b.worst

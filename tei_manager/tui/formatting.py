@@ -99,3 +99,14 @@ def bar(fraction: float | None, width: int) -> str:
 def short_model(model_id: str) -> str:
     """`BAAI/bge-m3` -> `bge-m3`: the organisation rarely fits and rarely matters in a table."""
     return model_id.rsplit("/", 1)[-1]
+
+
+def fingerprint(age_s: float | None, drift_measure: str | None = None, drift_worst: float | None = None) -> str:
+    """The Fingerprint column: how old a deployment's fingerprint is, and the last change it let
+    through (`3h07m · cos 0.0525`, `2d04h · Δ 0.4000` for a reranker's score); "–" when none."""
+    if age_s is None:
+        return UNKNOWN
+    if drift_measure is None or drift_worst is None:
+        return duration(age_s)
+    sign = "cos" if drift_measure == "cosine" else "Δ"
+    return f"{duration(age_s)} · {sign} {drift_worst:.4f}"

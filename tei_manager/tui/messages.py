@@ -7,15 +7,17 @@ on the UI thread.  Failures travel as messages too, holding the user-facing erro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from textual.message import Message
 
 from tei_manager.core.facts import HostFacts
 from tei_manager.errors import TeiManagerError
+from tei_manager.models.fingerprint import Fingerprint
+from tei_manager.models.store import Pulled
 from tei_manager.orchestrator import InstanceStatus
 from tei_manager.tui.gateway_stats import GatewayStats
-from tei_manager.tui.services import PlanPreview, ProfileEntry, ProgressLine
+from tei_manager.tui.services import PlanPreview, ProfileEntry, ProgressLine, PullLine
 
 
 @dataclass
@@ -27,6 +29,8 @@ class HostProbed(Message):
 class InstancesObserved(Message):
     instances: list[InstanceStatus]
     error: TeiManagerError | None = None
+    #: (profile, deployment) -> its embedding fingerprint (age, last drift)
+    fingerprints: dict[tuple[str, str], Fingerprint] = field(default_factory=dict)
 
 
 @dataclass
@@ -55,10 +59,25 @@ class ApplyProgressed(Message):
 
 
 @dataclass
+class PullProgressed(Message):
+    """Bytes of one model file pulled before the apply starts instances."""
+
+    line: PullLine
+
+
+@dataclass
+class ModelsPulled(Message):
+    """The pull before the apply is done: each model, and how many files it fetched."""
+
+    pulled: list[Pulled]
+
+
+@dataclass
 class ApplyCompleted(Message):
     ok: bool
     summary: str
     error: TeiManagerError | None = None
+    drift: bool = False  # refused because a deployment's embeddings drifted: the user may accept it
 
 
 @dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,8 +30,12 @@ from tei_manager.core.facts import HostFacts
 from tei_manager.core.plan import Plan
 from tei_manager.errors import BackendError, TeiManagerError
 from tei_manager.instance_keys import bearer
+from tei_manager.models import fingerprint
+from tei_manager.models.fingerprint import Fingerprint
+from tei_manager.models.store import FileProgress, ProgressSink, Pulled
 from tei_manager.orchestrator import InstanceStatus
 from tei_manager.services import Backend
+from tei_manager.tui import formatting as fmt
 from tei_manager.tui import gateway_stats
 from tei_manager.tune.runner import Progress, TuneResult
 from tei_manager.tune.session import TuneOptions
@@ -82,6 +86,35 @@ def describe_event(event: orchestrator.Event) -> ProgressLine | None:
     if isinstance(event, orchestrator.RollingBack):
         return ProgressLine(None, "rolling back", event.reason, failed=True)
     return None  # ActionsPlanned is already on screen; ApplyFinished arrives as the result
+
+
+@dataclass(frozen=True)
+class PullLine:
+    """One file of a model being pulled before the apply starts instances, as its row shows it."""
+
+    key: str  # "<model key>/<file>": the row
+    model: str
+    file: str
+    progress: str  # "45%  12.1/26.9 MiB", "done  26.9 MiB"
+    finished: bool
+
+
+def describe_pull(event: FileProgress) -> PullLine | None:
+    """A pull progress event as a row update (None: a model-level event without a file)."""
+    if not event.file:
+        return None
+    finished = event.total is not None and event.done >= event.total
+    if finished:
+        progress = f"done  {_size(event.done)}"
+    elif event.total:
+        progress = f"{event.done * 100 // event.total}%  {_size(event.done)}/{_size(event.total)}"
+    else:
+        progress = _size(event.done)
+    return PullLine(f"{event.model}/{event.file}", event.model, event.file, progress, finished)
+
+
+def _size(n: int) -> str:
+    return fmt.mib(n / 2**20) if n >= 2**20 else f"{n / 1024:.1f} KiB"
 
 
 class TuiServices:
@@ -188,11 +221,20 @@ class TuiServices:
         return PlanPreview(plan=plan, actions=actions)
 
     # -- running things --------------------------------------------------------------------
-    def apply(self, plan: Plan, on_event: orchestrator.EventSink) -> orchestrator.ApplyResult:
-        """The orchestrator's apply on the backend `tei-manager apply` would pick."""
+    def apply(self, path: Path, plan: Plan, on_event: orchestrator.EventSink, *,
+              on_pull: ProgressSink | None = None, on_pulled: Callable[[list[Pulled]], None] | None = None,
+              accept_embedding_change: bool = False) -> orchestrator.ApplyResult:
+        """What `tei-manager apply` does, on the backend it would pick: the profile's missing models
+        are pulled first (`on_pull` sees every file's bytes), so the health gates time start-up
+        only; then the apply, guarded by the deployments' embedding fingerprints (a drift beyond
+        the threshold raises EmbeddingDriftError unless `accept_embedding_change`)."""
+        pulled = services.pull_missing(path, on_progress=on_pull)
+        if on_pulled is not None:
+            on_pulled(pulled)
         target = services.open_target(self.backend_choice, plan.profile, facts=self.probe())
         try:
-            return orchestrator.apply(plan, target.backend, on_event=on_event)
+            return services.apply_guarded(path, plan, target.backend, on_event=on_event,
+                                          accept_embedding_change=accept_embedding_change)
         finally:
             target.close()
 
@@ -224,6 +266,12 @@ class TuiServices:
         rows = [row for row in orchestrator.status(self.readers()) if row.slot == ""]
         self._running_profiles = {row.profile for row in rows}
         return rows
+
+    def fingerprints(self, profiles: Iterable[str]) -> dict[tuple[str, str], Fingerprint]:
+        """Each deployment's recorded embedding fingerprint, by (profile, deployment): its age and
+        the last change an apply let through, as `tei-manager status` shows them."""
+        return {(profile, found.deployment): found
+                for profile in sorted(set(profiles)) for found in fingerprint.recorded(profile)}
 
     def restart(self, row: InstanceStatus) -> None:
         backend, obs = self._observed(row)

@@ -37,3 +37,21 @@ def test_level(fraction: float | None, variable: str) -> None:
 def test_rates_and_latencies() -> None:
     assert (fmt.rate(None), fmt.rate(3.14159), fmt.rate(1234.5)) == ("–", "3.1", "1234")
     assert (fmt.millis(None), fmt.millis(0.0184), fmt.millis(2.5)) == ("–", "18ms", "2.5s")
+
+
+def test_fingerprint_column_shows_age_and_the_last_accepted_drift() -> None:
+    assert fmt.fingerprint(None) == "–"  # nothing recorded yet
+    assert fmt.fingerprint(3 * 3600 + 7 * 60) == "3h07m"
+    assert fmt.fingerprint(45, "cosine", 0.05251) == "45s · cos 0.0525"
+    assert fmt.fingerprint(2 * 86400, "score delta", 0.4) == "2d00h · Δ 0.4000"
+
+
+def test_pull_progress_rows() -> None:
+    from tei_manager.models.store import FileProgress
+    from tei_manager.tui.services import describe_pull
+
+    assert describe_pull(FileProgress("tiny", "", 0, None)) is None  # a model-level event: no row
+    half = describe_pull(FileProgress("tiny", "model.safetensors", 3 * 2**20, 6 * 2**20))
+    assert half is not None and half.key == "tiny/model.safetensors" and half.progress == "50%  3 MiB/6 MiB"
+    done = describe_pull(FileProgress("tiny", "config.json", 670, 670))
+    assert done is not None and done.finished and done.progress == "done  0.7 KiB"

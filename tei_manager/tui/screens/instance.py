@@ -12,7 +12,9 @@ from textual.containers import Vertical
 from textual.widgets import Footer, Header, Log, Static
 
 from tei_manager.errors import TeiManagerError
+from tei_manager.models.fingerprint import Fingerprint
 from tei_manager.orchestrator import InstanceStatus
+from tei_manager.tui import formatting as fmt
 from tei_manager.tui.messages import ActionDone, InstanceInfo, InstancesObserved, LogLines
 from tei_manager.tui.screens.base import TuiScreen
 
@@ -20,11 +22,18 @@ LOG_TAIL = 200
 LOG_POLL_S = 1.0
 
 
-def describe(row: InstanceStatus) -> str:
+def describe(row: InstanceStatus, recorded: Fingerprint | None = None, now: float | None = None) -> str:
     health = row.state if row.health == "-" else row.health
+    if recorded is None:
+        seen = "no embedding fingerprint recorded yet"
+    else:
+        drift = recorded.last_drift.describe() if recorded.last_drift else "none"
+        seen = (f"fingerprint of {row.deployment}: recorded {fmt.duration(recorded.age_s(now))} ago; "
+                f"last drift: {drift}")
     return (
         f"profile {row.profile} · tenant {row.tenant} · {row.backend} backend\n"
-        f"{row.model} · {row.runtime} on {row.device} · {row.address} · {health}"
+        f"{row.model} · {row.runtime} on {row.device} · {row.address} · {health}\n"
+        f"{seen}"
     )
 
 
@@ -57,6 +66,7 @@ class InstanceScreen(TuiScreen):
 
     def on_mount(self) -> None:
         self.query_one(Log).focus()
+        self._observe()  # at once: the fingerprint line comes with the fresh row
         self._tail()
         self.set_interval(LOG_POLL_S, self._tail)
         if self.tui.refresh_interval_s:
@@ -64,19 +74,23 @@ class InstanceScreen(TuiScreen):
 
     @work(thread=True, exclusive=True, group="instance-status", exit_on_error=False)
     def _observe(self) -> None:
+        services = self.tui.services
         try:
-            self.post_message(InstancesObserved(self.tui.services.instances()))
+            rows = services.instances()
+            self.post_message(InstancesObserved(rows, fingerprints=services.fingerprints([self.row.profile])))
         except TeiManagerError as exc:
             self.post_message(InstancesObserved([], error=exc))
 
     def on_instances_observed(self, message: InstancesObserved) -> None:
         mine = [r for r in message.instances if r.name == self.row.name and r.profile == self.row.profile]
         facts = self.query_one("#instance-facts", Static)
+        recorded = message.fingerprints.get((self.row.profile, self.row.deployment))
+        now = self.tui.services.clock()
         if mine:
             self.row = mine[0]
-            facts.update(describe(self.row))
+            facts.update(describe(self.row, recorded, now))
         elif message.error is None:
-            facts.update(describe(self.row) + "\n(no longer listed by the engine)")
+            facts.update(describe(self.row, recorded, now) + "\n(no longer listed by the engine)")
 
     # The backends' `logs(tail=N)` is cheap for both engines; polling it keeps one code path
     # for docker and processes and never leaves a follow stream open when the screen closes.

@@ -11,6 +11,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Header, Static
 
 from tei_manager.errors import TeiManagerError
+from tei_manager.models.fingerprint import Fingerprint
 from tei_manager.orchestrator import InstanceStatus
 from tei_manager.tui.gateway_stats import GatewayStats
 from tei_manager.tui.messages import ActionDone, GatewayScraped, HostProbed, InstancesObserved
@@ -38,6 +39,7 @@ class OverviewScreen(TuiScreen):
     def __init__(self) -> None:
         super().__init__()
         self._instances: list[InstanceStatus] = []
+        self._fingerprints: dict[tuple[str, str], Fingerprint] = {}
         self._gateway: GatewayStats | None = None
 
     def compose(self) -> ComposeResult:
@@ -80,8 +82,10 @@ class OverviewScreen(TuiScreen):
 
     @work(thread=True, exclusive=True, group="observe", exit_on_error=False)
     def _observe(self) -> None:
+        services = self.tui.services
         try:
-            self.post_message(InstancesObserved(self.tui.services.instances()))
+            rows = services.instances()
+            self.post_message(InstancesObserved(rows, fingerprints=services.fingerprints(r.profile for r in rows)))
         except TeiManagerError as exc:
             self.post_message(InstancesObserved([], error=exc))
 
@@ -98,6 +102,7 @@ class OverviewScreen(TuiScreen):
 
     def on_instances_observed(self, message: InstancesObserved) -> None:
         self._instances = message.instances
+        self._fingerprints = message.fingerprints
         empty = self.query_one("#instances-empty", Static)
         if message.error is not None:
             empty.update(f"cannot list instances: {message.error.render()}")
@@ -119,7 +124,7 @@ class OverviewScreen(TuiScreen):
         traffic = self._gateway.instances if self._gateway else {}
         table = self.query_one(InstancesTable)
         table.display = bool(self._instances)
-        table.show(self._instances, self.tui.services.now(), traffic)
+        table.show(self._instances, self.tui.services.now(), traffic, self._fingerprints)
 
     # -- actions ------------------------------------------------------------------------------
     @on(DataTable.RowSelected, "#instances-table")

@@ -113,7 +113,7 @@ class PlanScreen(TuiScreen):
 
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self.app.switch_screen(ProgressScreen(plan, preview.actions))
+                self.app.switch_screen(ProgressScreen(plan, preview.actions, self.source))
 
         self.app.push_screen(ConfirmScreen(f"Apply {plan.profile}", question, "Apply"), confirmed)
 

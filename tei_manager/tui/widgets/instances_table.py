@@ -9,15 +9,17 @@ from typing import ClassVar
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 
+from tei_manager.models.fingerprint import Fingerprint
 from tei_manager.orchestrator import InstanceStatus
 from tei_manager.tui import formatting as fmt
 from tei_manager.tui.gateway_stats import InstanceTraffic
 from tei_manager.tui.widgets.cells import clip, plain, styled
 
-# What tells a problem apart comes first: at 80 columns Tenant, Model and Runtime are one
-# scroll to the right (→), on wider terminals everything is visible.  "Rst" = restarts.
+# What tells a problem apart comes first: at 80 columns Tenant, Model, Runtime and Fingerprint
+# are one scroll to the right (→), on wider terminals everything is visible.  "Rst" = restarts;
+# "Fingerprint" = the age of the deployment's embedding fingerprint and its last accepted drift.
 COLUMNS = ("Instance", "Health", "Device", "Port", "Up", "Rst", "QPS", "p99", "VRAM",
-           "Tenant", "Model", "Runtime")
+           "Tenant", "Model", "Runtime", "Fingerprint")
 
 _HEALTH_STYLE = {"healthy": "$success", "running": "$success", "starting": "$warning",
                  "created": "$warning", "restarting": "$warning"}
@@ -38,6 +40,14 @@ def health_style(health: str) -> str:
     return _HEALTH_STYLE.get(health.split(":")[0], "$error")
 
 
+def fingerprint_text(recorded: Fingerprint | None, now: datetime) -> str:
+    if recorded is None:
+        return fmt.UNKNOWN
+    drift = recorded.last_drift
+    return fmt.fingerprint(recorded.age_s(now.timestamp()), drift.measure if drift else None,
+                           drift.worst if drift else None)
+
+
 class InstancesTable(DataTable[object]):
     """Rows are `status` rows merged with the gateway's per-instance traffic."""
 
@@ -54,12 +64,14 @@ class InstancesTable(DataTable[object]):
         rows: list[InstanceStatus],
         now: datetime,
         traffic: Mapping[str, InstanceTraffic],
+        fingerprints: Mapping[tuple[str, str], Fingerprint] | None = None,
     ) -> None:
         selected = self.selected_key
         self.clear()
         for row in rows:
             seen = traffic.get(row.name)
             health = health_text(row)
+            recorded = (fingerprints or {}).get((row.profile, row.deployment))
             cells = (
                 fmt.UNKNOWN if row.port is None else str(row.port),
                 fmt.duration(row.uptime_s(now)),
@@ -70,6 +82,7 @@ class InstancesTable(DataTable[object]):
                 row.tenant,
                 fmt.short_model(row.model),
                 row.runtime,
+                fingerprint_text(recorded, now),
             )
             self.add_row(
                 plain(row.name),
