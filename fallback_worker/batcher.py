@@ -158,6 +158,7 @@ class Batcher:
         self._on_failure = on_failure
         self._queue: list[Job] = []
         self._planned: deque[list[Job]] = deque()  # batches of the current window not yet started
+        self._running = 0  # batches in a forward pass now
         self._cond = threading.Condition()
         self._stop = False
         self.forward_workers = max(1, forward_workers)
@@ -209,12 +210,18 @@ class Batcher:
 
     # ---- forward threads -----------------------------------------------------------------
     def _run(self) -> None:
-        self.engine.use_threads(self.forward_workers)
-        while (batch := self._next_batch()) is not None:
-            self._run_batch(batch)
+        while (taken := self._next_batch()) is not None:
+            batch, share = taken
+            self.engine.use_threads(share)
+            try:
+                self._run_batch(batch)
+            finally:
+                with self._cond:
+                    self._running -= 1
 
-    def _next_batch(self) -> list[Job] | None:
-        """The next planned batch; plans the next window from the queue when none is left. None: stopped."""
+    def _next_batch(self) -> tuple[list[Job], int] | None:
+        """The next planned batch and how many forward passes share the torch threads while it runs;
+        plans the next window from the queue when none is left. None: stopped."""
         with self._cond:
             while not self._planned and not self._queue and not self._stop:
                 self._cond.wait()
@@ -229,7 +236,14 @@ class Batcher:
                 self.metrics.queue_size.set(len(self._queue))
                 if len(self._planned) > 1:
                     self._cond.notify()  # an idle forward thread can take the second batch
-            return self._planned.popleft()
+            batch = self._planned.popleft()
+            self._running += 1
+            # A batch that runs alone (nothing else running or waiting: one client, or a quiet
+            # moment) gets all of the torch threads, so a lone request is not served at half the
+            # CPU; when more work is there, the passes split the threads. A pass already running
+            # keeps its threads until it ends, so the CPU is briefly oversubscribed, never idle.
+            waiting = 1 if (self._planned or self._queue) else 0
+            return batch, min(self.forward_workers, self._running + waiting)
 
     def _run_batch(self, batch: list[Job]) -> None:
         live = [j for j in batch if not j.cancelled and not j.future.cancelled()]
