@@ -77,6 +77,9 @@ BATCH_OVERHEAD_TOKENS = 128
 # layer's work (4·L·H attention FLOPs against 24·H² for the projections and the feed-forward),
 # 1/40 to 1/10 for the models and lengths served here.
 ATTENTION_SHARE = 1 / 16
+# Below this many tokens a batch runs on one forward thread's share of the torch threads even when
+# it runs alone: splitting so little work across cores costs more in wake-ups than it saves.
+SPLIT_MIN_TOKENS = 256
 
 
 def plan_batches(
@@ -239,10 +242,14 @@ class Batcher:
             batch = self._planned.popleft()
             self._running += 1
             # A batch that runs alone (nothing else running or waiting: one client, or a quiet
-            # moment) gets all of the torch threads, so a lone request is not served at half the
-            # CPU; when more work is there, the passes split the threads. A pass already running
-            # keeps its threads until it ends, so the CPU is briefly oversubscribed, never idle.
+            # moment) gets all of the torch threads, so one client's 16-input request is not
+            # served at half the CPU; when more work is there, the passes split the threads. A
+            # pass already running keeps its threads until it ends, so the CPU is briefly
+            # oversubscribed, never idle. A small batch keeps its share either way: its matmuls
+            # are too small to split (one MiniLM input: 8 ms on one thread, 14 ms on two).
             waiting = 1 if (self._planned or self._queue) else 0
+            if sum(j.length for j in batch) < SPLIT_MIN_TOKENS:
+                return batch, self.forward_workers
             return batch, min(self.forward_workers, self._running + waiting)
 
     def _run_batch(self, batch: list[Job]) -> None:

@@ -121,3 +121,42 @@ def test_two_forward_threads_run_two_batches_at_once(embedder_engine) -> None:
 
     rows = asyncio.run(scenario())
     assert len(rows) == 4 and all(row.shape == rows[0].shape for row in rows)
+
+
+def test_a_batch_alone_gets_all_threads_and_batches_together_split_them(embedder_engine) -> None:
+    """One client's big request runs on every torch thread; concurrent batches, and tiny ones, share."""
+    from fallback_worker.batcher import SPLIT_MIN_TOKENS, Batcher
+    from fallback_worker.metrics import Metrics
+
+    shares: list[tuple[int, int]] = []  # (tokens in the batch, forward passes sharing the threads)
+
+    class Recording:
+        def __getattr__(self, name: str):
+            return getattr(embedder_engine, name)
+
+        def use_threads(self, share: int = 1) -> None:
+            self._share = share
+
+        def run(self, task, batch):
+            shares.append((sum(len(e.ids) for e in batch), self._share))
+            return embedder_engine.run(task, batch)
+
+    async def scenario(lengths: list[int], max_batch_requests: int) -> None:
+        batcher = Batcher(Recording(), Metrics(64), max_batch_tokens=16384,  # type: ignore[arg-type]
+                          max_batch_requests=max_batch_requests, forward_workers=2)
+        batcher.start(asyncio.get_running_loop())
+        try:
+            jobs = batcher.submit("embed", [Encoded([5] * n, [0] * n, n) for n in lengths])
+            await asyncio.gather(*(j.future for j in jobs))
+        finally:
+            batcher.stop()
+
+    big = SPLIT_MIN_TOKENS // 8 + 1
+    asyncio.run(scenario([big] * 8, max_batch_requests=16))  # one batch, alone
+    assert shares == [(big * 8, 1)]
+    shares.clear()
+    asyncio.run(scenario([3], max_batch_requests=16))  # one tiny input: not worth splitting
+    assert shares == [(3, 2)]
+    shares.clear()
+    asyncio.run(scenario([big] * 16, max_batch_requests=8))  # two batches at once: each takes half
+    assert [share for _, share in shares][0] == 2
