@@ -139,6 +139,21 @@ class _Evaluator:
         return score
 
 
+def outside_space(space: Space, settings: Mapping[str, Value]) -> list[str]:
+    """Where ``settings`` fall outside ``space``: one line per dimension (or fixed value) they set to
+    something else. Dimensions ``settings`` do not name are not known, so not reported."""
+    out = []
+    for d in space.dimensions:
+        value = settings.get(d.name)
+        if value is not None and value not in d.values:
+            out.append(f"{d.name} {value} (searched: {', '.join(map(str, d.values))})")
+    for name, fixed in space.fixed.items():
+        value = settings.get(name)
+        if value is not None and value != fixed:
+            out.append(f"{name} {value} (searched: {fixed})")
+    return out
+
+
 def search_cap(space: Space, reserved: int = 0) -> int:
     """Most distinct points the search may measure: a third of the grid, less ``reserved`` trials
     (the confirmation round's re-measurements), so that everything stays within a third; at least 1."""
