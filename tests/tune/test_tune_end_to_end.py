@@ -101,10 +101,10 @@ def test_tune_the_quickstart_embed_deployment(tmp_path: Path, minilm_dir: Path) 
     assert entry["current"]["settings"]["max_batch_tokens"] == 4096
     assert entry["search_trials"] == len(dep.search) and entry["workload"]["kind"] == "embed"
     assert entry["current"]["confirmed"]["median"] == round(dep.score(dep.current), 2)
-    # The space fixes float32; the current setting names no dtype and runs at the worker's default,
-    # which /info reports: on a CPU with native bfloat16 that lies outside the space, and the report says so.
+    # The space fixes a client batch of 8 and float32; the current setting has 16 and names no dtype, so
+    # it runs at the worker's default, which /info reports: the report says where it lies outside.
     runs_at = entry["current"]["reported"].get("dtype")
-    assert entry["current_outside_space"] == (
+    assert entry["current_outside_space"] == ["max_client_batch_size 16 (searched: 8)"] + (
         [] if runs_at in (None, "float32") else [f"dtype {runs_at} (searched: float32)"])
     assert files["demo-embed"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
