@@ -207,6 +207,7 @@ def plot_png(result: DeploymentResult, slo_p99_ms: float, path: Path) -> Path:
     chosen = result.chosen
     keys = _keys(result)
     infeasible: list[str] = []
+    confirmed_shown = False
     for phase, trial in _all_trials(result):
         step = plotted_step(trial)
         if step is None or step.p99_ms is None:
@@ -215,6 +216,15 @@ def plot_png(result: DeploymentResult, slo_p99_ms: float, path: Path) -> Path:
         xs = [s.p99_ms for s in trial.steps if s.p99_ms is not None]
         ys = [s.throughput for s in trial.steps if s.p99_ms is not None]
         ax.plot(xs, ys, color="0.8", linewidth=0.8, zorder=1)
+        confirmed = result.confirmed(trial)
+        if confirmed is not None:
+            # The confirmation round's figures at the same p99: the diamond is the median that was
+            # compared, the bar the lowest to the highest re-measurement.
+            ax.errorbar([step.p99_ms], [confirmed.median],
+                        yerr=[[confirmed.median - confirmed.low], [confirmed.high - confirmed.median]],
+                        fmt="D", markersize=5, color="tab:purple", capsize=3, zorder=3,
+                        label="confirmed median (lowest-highest)" if not confirmed_shown else None)
+            confirmed_shown = True
         if trial is chosen:
             ax.scatter([step.p99_ms], [step.throughput], marker="*", s=260, color="tab:green", zorder=4,
                        label=f"chosen: {settings_label(trial.settings, keys)}")

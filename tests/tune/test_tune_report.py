@@ -112,6 +112,8 @@ def test_the_grid_comparison_is_between_confirmed_figures(tmp_path: Path) -> Non
     assert entry["confirmation"]["trials"] == 6 and entry["confirmation"]["of_search_leaders"] == 4
     assert entry["search_trials_with_confirmations"] == 8
     assert "the search reached 96.8% of it with 8 trials" in "\n".join(report.summary_lines(dep))
+    png = report.plot_png(dep, SLO, tmp_path / "confirmed.png")  # the confirmed medians drawn with their spread
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_current_setting_outside_the_space_is_said_so() -> None:
