@@ -148,7 +148,8 @@ def summary_lines(result: DeploymentResult) -> list[str]:
     used = len(result.search) + result.search_confirmations
     lines.append(f"  {len(result.search)} search trials + {result.search_confirmations} confirmations of its leaders "
                  f"= {used} of a {result.request.space.size}-point space (a third: {third:.0f})"
-                 + (" (stopped by the time budget)" if result.search_stopped_early else ""))
+                 + (" (stopped by the time budget)" if result.search_stopped_early else "")
+                 + (" (stopped at the trial cap)" if result.search_capped else ""))
     if result.confirmations:
         lines.append(f"  confirmation round: {result.confirmation_trials} re-measurements of "
                      f"{len(result.confirmations)} settings, {result.request.schedule.confirm_seconds:g} s each, "
@@ -277,6 +278,7 @@ def to_json(result: TuneResult) -> dict[str, Any]:
             "search_trials": len(r.search),
             "search_trials_with_confirmations": len(r.search) + r.search_confirmations,
             "search_stopped_early": r.search_stopped_early,
+            "search_capped": r.search_capped,
             "grid": None if r.grid is None else {
                 "trials": len(r.grid),
                 "best": {**grid_best.to_json(), "confirmed": _confirmed_json(r, grid_best)} if grid_best else None,

@@ -95,7 +95,8 @@ class DeploymentResult:
     current: TrialResult
     search: list[TrialResult] = field(default_factory=list)  # in the order they ran
     grid: list[TrialResult] | None = None  # the full grid, when asked for
-    search_stopped_early: bool = False
+    search_stopped_early: bool = False  # by the time budget
+    search_capped: bool = False  # at the trial cap (a third of the grid, less the confirmations)
     seconds: float = 0.0
     chosen_override: TrialResult | None = None  # set by co-location when the best alone does not fit
     confirmations: dict[SettingsKey, list[TrialResult]] = field(default_factory=dict)  # settings -> re-measurements
@@ -253,8 +254,8 @@ def tune_deployment(request: TuneRequest, target: TrialTarget, budget_seconds: f
 
     def reconfirm(trial: TrialResult) -> TrialResult:
         progress.trial_started(request.deployment, "confirm", trial.settings)
-        assert trial.best is not None  # only settings that met the SLO are confirmed
-        result = run_confirmation(target, trial.settings, request.workload, concurrency=trial.best.concurrency,
+        level = trial.best.concurrency if trial.best else 1  # only settings that met the SLO come here
+        result = run_confirmation(target, trial.settings, request.workload, concurrency=level,
                                   slo_p99_ms=request.slo_p99_ms, schedule=schedule)
         progress.trial_finished(request.deployment, "confirm", result)
         return result
@@ -286,7 +287,7 @@ def tune_deployment(request: TuneRequest, target: TrialTarget, budget_seconds: f
     searched: SearchResult = coordinate_search(
         request.space, objective, start=request.space.nearest(request.current), may_continue=room(clock, reserved),
         max_trials=search_cap(request.space, schedule.confirm_leaders * per_setting))
-    out.search_stopped_early = searched.stopped_early
+    out.search_stopped_early, out.search_capped = searched.stopped_early, searched.capped
     leading = [current, *confirm.leaders(out.search, schedule.confirm_leaders)]
     confirm_clock = clock
     if compare_full_grid:

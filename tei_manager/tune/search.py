@@ -102,7 +102,8 @@ MayContinue = Callable[[], bool]
 @dataclass
 class SearchResult:
     scores: dict[Point, float] = field(default_factory=dict)  # in the order they were tried
-    stopped_early: bool = False
+    stopped_early: bool = False  # the time budget (``may_continue``) stopped it
+    capped: bool = False  # it reached ``max_trials`` with more to try
 
     @property
     def trials(self) -> int:
@@ -130,8 +131,10 @@ class _Evaluator:
         """The point's score, measuring it once; None when the budget allows no more trials."""
         if point in self.result.scores:
             return self.result.scores[point]
-        full = self.max_trials is not None and self.result.trials >= self.max_trials
-        if full or not self.may_continue():
+        if self.max_trials is not None and self.result.trials >= self.max_trials:
+            self.result.capped = True
+            return None
+        if not self.may_continue():
             self.result.stopped_early = True
             return None
         score = self.objective(point)

@@ -136,7 +136,7 @@ def test_the_trial_cap_leaves_room_for_the_confirmation_round() -> None:
     assert search_cap(space) == 16 and search_cap(space, 4) == 12
     assert search_cap(Space((Dimension("a", (1, 2)),)), 6) == 1  # never below one trial
     searched = coordinate_search(space, corner_model(space), max_trials=5)
-    assert searched.trials == 5 and searched.stopped_early
+    assert searched.trials == 5 and searched.capped and not searched.stopped_early
 
 
 def test_search_walks_away_from_out_of_memory_settings() -> None:
