@@ -44,6 +44,9 @@ def tune_command(
         None, "--space", help="Narrow one dimension of the search, e.g. max_batch_tokens=1024,4096 (repeatable)."),
     step_seconds: float = typer.Option(3.0, "--step-seconds", help="Seconds measured per concurrency level."),
     max_concurrency: int = typer.Option(64, "--max-concurrency", help="Most requests in flight in a trial."),
+    confirm_rounds: int = typer.Option(
+        2, "--confirm-rounds", help="Times the leading settings (and the current one) are measured again, "
+        "one step of 3 x --step-seconds each, before one is chosen; 0: decide on single trials."),
     backend: str = backend_option(),
     *,
     backend_options: Options,
@@ -56,13 +59,13 @@ def tune_command(
         budget_seconds = parse_budget(budget)
     except ValueError as exc:
         raise TuneError(str(exc), where="--budget") from None
-    if step_seconds <= 0 or max_concurrency < 1:
-        raise TuneError("--step-seconds must be more than zero and --max-concurrency at least 1",
-                        where="--step-seconds/--max-concurrency")
+    if step_seconds <= 0 or max_concurrency < 1 or confirm_rounds < 0:
+        raise TuneError("--step-seconds must be more than zero, --max-concurrency at least 1 and "
+                        "--confirm-rounds at least 0", where="--step-seconds/--max-concurrency/--confirm-rounds")
     options = TuneOptions(
         slo_p99_ms=slo_p99_ms, budget_seconds=budget_seconds, deployments=tuple(deployment or ()),
         workload_path=workload, full_grid=full_grid, narrow=parse_space(space or ()),
-        schedule=Schedule(step_seconds=step_seconds, max_concurrency=max_concurrency),
+        schedule=Schedule(step_seconds=step_seconds, max_concurrency=max_concurrency, confirm_rounds=confirm_rounds),
     )
     try:
         with report.RichProgress(err_console) as progress:

@@ -4,8 +4,9 @@
     target.py       the seam to the runtimes/backends: start a temporary instance, read its peak memory
     local.py        that seam for the fallback worker as a local process (127.0.0.1, a free port)
     loadgen.py      a light closed-loop HTTP load generator
-    trial.py        one setting, rising concurrency until the SLO breaks
+    trial.py        one setting, rising concurrency until the SLO breaks; a confirmation re-measurement
     search.py       the space per runtime, coordinate search, full grid, co-location (pure)
+    confirm.py      the confirmation round: leaders re-measured longer, in turn, compared on the median
     runner.py       run_tune: ties them together within a time budget
     report.py       table, plot (PNG and text), JSON, progress bars
     writeback.py    `--write`: the chosen values into the profile, comments and all

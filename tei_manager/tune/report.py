@@ -4,6 +4,9 @@ The plot puts every measured setting at (p99 latency, throughput) at its best co
 SLO: up and to the left is better, the dashed vertical line is the SLO, the star is the chosen
 setting, the square the profile's current one. Settings that never met the SLO sit right of the
 line at concurrency 1; infeasible ones (OOM, crash, 5xx storm) have no point and are listed below.
+
+Figures from the confirmation round (the median of longer re-measurements) are shown beside each
+trial's own figure, with their spread, and the choice and the comparison with the grid use them.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from .runner import DeploymentResult, TuneResult
 from .search import Value
 from .trial import Step, TrialResult
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 MiB = 1 << 20
 
 
@@ -77,29 +80,52 @@ def _status(trial: TrialResult, chosen: TrialResult | None) -> str:
     return "[bold green]chosen[/]" if trial is chosen else "ok"
 
 
+def _confirmed_cells(result: DeploymentResult, trial: TrialResult) -> tuple[str, str]:
+    confirmed = result.confirmed(trial)
+    if confirmed is None:
+        return "-", ""
+    return f"{confirmed.median:,.1f}", f"{confirmed.low:,.1f}-{confirmed.high:,.1f} ({len(confirmed.figures)})"
+
+
 def table(result: DeploymentResult, slo_p99_ms: float) -> Table:
     keys = _keys(result)
     t = Table(title=f"{result.request.deployment}: throughput at p99 <= {slo_p99_ms:g} ms on {result.device}")
     t.add_column("trial")
     for key in keys:
         t.add_column(short_key(key), justify="right")
-    for label in ("inputs/s", "concurrency", "p50 ms", "p99 ms", "peak MiB", ""):
+    for label in ("inputs/s", "confirmed", "spread (n)", "concurrency", "p50 ms", "p99 ms", "peak MiB", ""):
         t.add_column(label, justify="right" if label else "left")
     chosen = result.chosen
     for phase, trial in _all_trials(result):
         best = trial.best if trial.feasible else None
         t.add_row(
-            phase, *(str(trial.settings.get(k, "default")) for k in keys),
-            f"{trial.throughput:,.1f}", str(best.concurrency) if best else "-",
+            phase, *(str(trial.settings.get(k, trial.reported.get(k, "default"))) for k in keys),
+            f"{trial.throughput:,.1f}", *_confirmed_cells(result, trial), str(best.concurrency) if best else "-",
             _ms(best.p50_ms if best else None), _ms(best.p99_ms if best else None),
             _mib(trial.peak_memory_bytes), _status(trial, chosen),
         )
+    if result.confirmations:
+        t.caption = (f"inputs/s: the trial's own figure; confirmed: median of the confirmation round's "
+                     f"{result.request.schedule.confirm_seconds:g}-second re-measurements (the figure "
+                     "compared), spread: lowest-highest (how many)")
     return t
+
+
+def _figure(result: DeploymentResult, trial: TrialResult) -> str:
+    """A setting's figure as compared: confirmed (median, spread) or its single trial."""
+    confirmed = result.confirmed(trial)
+    if confirmed is not None:
+        return f"{confirmed.describe()}, confirmed"
+    return f"{trial.throughput:,.1f} inputs/s (one trial, not confirmed)"
 
 
 def summary_lines(result: DeploymentResult) -> list[str]:
     lines = []
     chosen = result.chosen
+    outside = result.current_outside_space
+    if outside:
+        lines.append(f"{result.request.deployment}: the current setting runs at {'; '.join(outside)}, outside the "
+                     "searched space: it was measured as the profile has it, and the gain is against that")
     if chosen is None:
         lines.append(f"{result.request.deployment}: no setting met the SLO; relax it or give the deployment "
                      "a faster device")
@@ -107,24 +133,32 @@ def summary_lines(result: DeploymentResult) -> list[str]:
     rec = result.recommended or {}
     shown = settings_label(rec, [*_keys(result), "max_concurrent_requests"])
     lines.append(f"{result.request.deployment}: chosen {shown}"
-                 f" -> {chosen.throughput:,.1f} inputs/s at p99 {_ms(chosen.best.p99_ms if chosen.best else None)} ms")
+                 f" -> {_figure(result, chosen)}, p99 {_ms(chosen.best.p99_ms if chosen.best else None)} ms")
     gain = result.gain
+    now = _figure(result, result.current)
     if chosen is result.current:
-        lines.append(f"  gain over the current setting: none ({result.current.throughput:,.1f} inputs/s now); "
+        lines.append(f"  gain over the current setting: none ({now} now); "
                      "nothing the search measured beat it: keep it (permits as recommended)")
     elif gain is not None:
-        lines.append(f"  gain over the current setting: {gain:+.0%} ({result.current.throughput:,.1f} inputs/s now)")
+        lines.append(f"  gain over the current setting: {gain:+.0%} ({now} now)")
     elif not result.current.meets_slo:
         lines.append("  the current setting does not meet the SLO"
                      + (f" ({result.current.infeasible})" if result.current.infeasible else ""))
-    lines.append(f"  {len(result.search)} search trials of a {result.request.space.size}-point space"
-                 + (" (stopped by the time budget)" if result.search_stopped_early else ""))
+    third = result.request.space.size / 3
+    used = len(result.search) + result.search_confirmations
+    lines.append(f"  {len(result.search)} search trials + {result.search_confirmations} confirmations of its leaders "
+                 f"= {used} of a {result.request.space.size}-point space (a third: {third:.0f})"
+                 + (" (stopped by the time budget)" if result.search_stopped_early else "")
+                 + (" (stopped at the trial cap)" if result.search_capped else ""))
+    if result.confirmations:
+        lines.append(f"  confirmation round: {result.confirmation_trials} re-measurements of "
+                     f"{len(result.confirmations)} settings, {result.request.schedule.confirm_seconds:g} s each, "
+                     "in turn; settings are compared on the median")
     grid_best = result.grid_best
-    if result.grid is not None and grid_best is not None and grid_best.throughput > 0:
-        search_best = result.search_best
-        ratio = (search_best.throughput if search_best else 0.0) / grid_best.throughput
-        lines.append(f"  full grid: {len(result.grid)} trials, best {grid_best.throughput:,.1f} inputs/s; "
-                     f"the search reached {ratio:.1%} of it with {len(result.search)} trials")
+    ratio = result.search_vs_grid
+    if result.grid is not None and grid_best is not None and ratio is not None:
+        lines.append(f"  full grid: {len(result.grid)} trials, best {_figure(result, grid_best)}; "
+                     f"the search reached {ratio:.1%} of it with {used} trials")
     return lines
 
 
@@ -174,6 +208,7 @@ def plot_png(result: DeploymentResult, slo_p99_ms: float, path: Path) -> Path:
     chosen = result.chosen
     keys = _keys(result)
     infeasible: list[str] = []
+    confirmed_shown = False
     for phase, trial in _all_trials(result):
         step = plotted_step(trial)
         if step is None or step.p99_ms is None:
@@ -182,6 +217,15 @@ def plot_png(result: DeploymentResult, slo_p99_ms: float, path: Path) -> Path:
         xs = [s.p99_ms for s in trial.steps if s.p99_ms is not None]
         ys = [s.throughput for s in trial.steps if s.p99_ms is not None]
         ax.plot(xs, ys, color="0.8", linewidth=0.8, zorder=1)
+        confirmed = result.confirmed(trial)
+        if confirmed is not None:
+            # The confirmation round's figures at the same p99: the diamond is the median that was
+            # compared, the bar the lowest to the highest re-measurement.
+            ax.errorbar([step.p99_ms], [confirmed.median],
+                        yerr=[[confirmed.median - confirmed.low], [confirmed.high - confirmed.median]],
+                        fmt="D", markersize=5, color="tab:purple", capsize=3, zorder=3,
+                        label="confirmed median (lowest-highest)" if not confirmed_shown else None)
+            confirmed_shown = True
         if trial is chosen:
             ax.scatter([step.p99_ms], [step.throughput], marker="*", s=260, color="tab:green", zorder=4,
                        label=f"chosen: {settings_label(trial.settings, keys)}")
@@ -207,6 +251,11 @@ def plot_png(result: DeploymentResult, slo_p99_ms: float, path: Path) -> Path:
     return path
 
 
+def _confirmed_json(result: DeploymentResult, trial: TrialResult) -> dict[str, object] | None:
+    confirmed = result.confirmed(trial)
+    return None if confirmed is None else confirmed.to_json()
+
+
 def to_json(result: TuneResult) -> dict[str, Any]:
     deployments = []
     for r in result.deployments:
@@ -221,19 +270,33 @@ def to_json(result: TuneResult) -> dict[str, Any]:
             "space": {d.name: list(d.values) for d in r.request.space.dimensions},
             "fixed": dict(r.request.space.fixed),
             "grid_size": r.request.space.size,
-            "current": r.current.to_json(),
-            "chosen": chosen.to_json() if chosen else None,
+            "current": {**r.current.to_json(), "confirmed": _confirmed_json(r, r.current)},
+            "current_outside_space": r.current_outside_space,
+            "chosen": {**chosen.to_json(), "confirmed": _confirmed_json(r, chosen)} if chosen else None,
             "recommended": r.recommended,
             "gain": None if r.gain is None else round(r.gain, 4),
             "search_trials": len(r.search),
+            "search_trials_with_confirmations": len(r.search) + r.search_confirmations,
             "search_stopped_early": r.search_stopped_early,
+            "search_capped": r.search_capped,
             "grid": None if r.grid is None else {
                 "trials": len(r.grid),
-                "best": grid_best.to_json() if grid_best else None,
-                "search_vs_grid": (round(r.search_best.throughput / grid_best.throughput, 4)
-                                   if r.search_best and grid_best and grid_best.throughput > 0 else None),
+                "best": {**grid_best.to_json(), "confirmed": _confirmed_json(r, grid_best)} if grid_best else None,
+                "search_vs_grid": None if r.search_vs_grid is None else round(r.search_vs_grid, 4),
+                # Whether the comparison is between confirmed medians or single trials.
+                "basis": ("confirmed" if r.search_best and grid_best and r.confirmed(r.search_best)
+                          and r.confirmed(grid_best) else "single trials"),
             },
-            "trials": [{"phase": phase, **t.to_json()} for phase, t in _all_trials(r)],
+            "trials": [{"phase": phase, **t.to_json(), "confirmed": _confirmed_json(r, t)}
+                       for phase, t in _all_trials(r)],
+            "confirmation": {
+                "rounds": r.request.schedule.confirmations_per_setting,
+                "seconds_each": r.request.schedule.confirm_seconds,
+                "trials": r.confirmation_trials,
+                "of_search_leaders": r.search_confirmations,
+                "measurements": [{"settings": dict(k), "trials": [t.to_json() for t in ts]}
+                                 for k, ts in r.confirmations.items()],
+            },
             "seconds": round(r.seconds, 1),
         })
     colocation = None
@@ -289,7 +352,7 @@ def write_comment(result: DeploymentResult, slo_p99_ms: float, date: str) -> str
     """The line `--write` puts above ``tuning:``: date, SLO and the measured figures."""
     chosen = result.chosen
     assert chosen is not None and chosen.best is not None
-    text = (f"{date}: p99 SLO {slo_p99_ms:g} ms; {chosen.throughput:,.1f} inputs/s at p99 "
+    text = (f"{date}: p99 SLO {slo_p99_ms:g} ms; {result.score(chosen):,.1f} inputs/s at p99 "
             f"{_ms(chosen.best.p99_ms)} ms (concurrency {chosen.best.concurrency}), peak "
             f"{_mib(chosen.peak_memory_bytes)} MiB on {result.device}")
     if result.gain is not None:

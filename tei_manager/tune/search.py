@@ -2,17 +2,22 @@
 
 The space is a few ordered dimensions (batch tokens, batch requests, client batch size, forward
 workers, dtype). Throughput at the SLO is roughly unimodal along each of them (too small a batch
-wastes the device, too large one adds latency), so a coordinate search finds the best point with
-a fraction of a full grid's trials:
+wastes the device, too large one adds latency), but on a CPU the landscape is flat and one trial is
+a noisy figure, so the search keeps several leads rather than trusting one best point:
 
 1. *coarse*: from a start point (the profile's current setting, or the middle of the space), sweep
    each dimension in turn over a coarse subset of its values (both ends and the middle), moving to
    the best point found so far;
-2. *refine*: hill-climb over the full grid, trying the untried neighbours (one step along one
-   dimension) of the best point until none is better.
+2. *combine*: try the point made of each dimension's best value seen so far, and the corner made of
+   each dimension's better end (points the sweep, moving one dimension at a time, may never have put
+   together: small batch budgets may pay off only with large client batches);
+3. *refine*: best-first over the neighbourhoods (one step along one dimension) of the ``leaders``
+   best points measured so far, until every leader's neighbours are measured or the trial cap
+   (`search_cap`: a third of the grid, less what the confirmation round will re-measure) is spent.
 
-Infeasible points (OOM, crash) score as nothing, so the search walks away from them. The same
-module runs the full grid, which is what the search is measured against.
+The search only proposes; its leaders are re-measured longer by the confirmation round (runner),
+which decides. Infeasible points (OOM, crash) score as nothing, so the search walks away from them.
+The same module runs the full grid, which is what the search is measured against.
 
 ``max_concurrent_requests`` is not searched: in a closed-loop trial a permit limit only turns
 queueing into 429s, so trials run with enough permits and the recommended value is derived from
@@ -97,7 +102,8 @@ MayContinue = Callable[[], bool]
 @dataclass
 class SearchResult:
     scores: dict[Point, float] = field(default_factory=dict)  # in the order they were tried
-    stopped_early: bool = False
+    stopped_early: bool = False  # the time budget (``may_continue``) stopped it
+    capped: bool = False  # it reached ``max_trials`` with more to try
 
     @property
     def trials(self) -> int:
@@ -108,6 +114,10 @@ class SearchResult:
         if not self.scores:
             return None
         return max(self.scores, key=lambda p: self.scores[p])
+
+    def leaders(self, n: int) -> list[Point]:
+        """The ``n`` best points measured, best first (ties: the earlier trial)."""
+        return sorted(self.scores, key=lambda p: -self.scores[p])[:n]
 
 
 class _Evaluator:
@@ -121,8 +131,10 @@ class _Evaluator:
         """The point's score, measuring it once; None when the budget allows no more trials."""
         if point in self.result.scores:
             return self.result.scores[point]
-        full = self.max_trials is not None and self.result.trials >= self.max_trials
-        if full or not self.may_continue():
+        if self.max_trials is not None and self.result.trials >= self.max_trials:
+            self.result.capped = True
+            return None
+        if not self.may_continue():
             self.result.stopped_early = True
             return None
         score = self.objective(point)
@@ -130,16 +142,63 @@ class _Evaluator:
         return score
 
 
+def outside_space(space: Space, settings: Mapping[str, Value]) -> list[str]:
+    """Where ``settings`` fall outside ``space``: one line per dimension (or fixed value) they set to
+    something else. Dimensions ``settings`` do not name are not known, so not reported."""
+    out = []
+    for d in space.dimensions:
+        value = settings.get(d.name)
+        if value is not None and value not in d.values:
+            out.append(f"{d.name} {value} (searched: {', '.join(map(str, d.values))})")
+    for name, fixed in space.fixed.items():
+        value = settings.get(name)
+        if value is not None and value != fixed:
+            out.append(f"{name} {value} (searched: {fixed})")
+    return out
+
+
+def search_cap(space: Space, reserved: int = 0) -> int:
+    """Most distinct points the search may measure: a third of the grid, less ``reserved`` trials
+    (the confirmation round's re-measurements), so that everything stays within a third; at least 1."""
+    return max(1, space.size // 3 - reserved)
+
+
+def _combined(space: Space, scores: Mapping[Point, float]) -> Point:
+    """Each dimension's best value over the points measured (by the best score seen with it)."""
+    point = []
+    for k in range(len(space.dimensions)):
+        by_value: dict[int, float] = {}
+        for p, score in scores.items():
+            by_value[p[k]] = max(by_value.get(p[k], float("-inf")), score)
+        point.append(max(by_value, key=lambda i: by_value[i]))
+    return tuple(point)
+
+
+def _best_ends(space: Space, scores: Mapping[Point, float], best: Point) -> Point:
+    """The corner made of each dimension's better end (by the best score seen at either end);
+    a dimension whose ends were not both measured keeps ``best``'s value."""
+    point = []
+    for k, d in enumerate(space.dimensions):
+        last = len(d.values) - 1
+        seen = {end: max((s for p, s in scores.items() if p[k] == end), default=None) for end in (0, last)}
+        low, high = seen[0], seen[last]
+        if low is None or high is None:
+            point.append(best[k])
+        else:
+            point.append(0 if low >= high else last)
+    return tuple(point)
+
+
 def coordinate_search(space: Space, objective: Objective, *, start: Point | None = None,
-                      may_continue: MayContinue = lambda: True, max_trials: int | None = None) -> SearchResult:
-    """Coarse sweeps per dimension, then neighbour hill-climbing (see the module docstring)."""
+                      may_continue: MayContinue = lambda: True, max_trials: int | None = None,
+                      leaders: int = 3) -> SearchResult:
+    """Coarse sweeps per dimension, the combined point, then best-first refinement around the
+    ``leaders`` best points (see the module docstring)."""
     evaluate = _Evaluator(objective, may_continue, max_trials)
     best = start if start is not None else space.middle()
     if evaluate(best) is None:
         return evaluate.result
-
-    def score(p: Point) -> float:
-        return evaluate.result.scores[p]
+    scores = evaluate.result.scores
 
     for k, d in enumerate(space.dimensions):
         for i in d.coarse():
@@ -147,18 +206,19 @@ def coordinate_search(space: Space, objective: Objective, *, start: Point | None
             s = evaluate(candidate)
             if s is None:
                 return evaluate.result
-            if s > score(best):
+            if s > scores[best]:
                 best = candidate
-    improved = True
-    while improved:
-        improved = False
-        for candidate in space.neighbours(best):
-            s = evaluate(candidate)
-            if s is None:
-                return evaluate.result
-            if s > score(best):
-                best, improved = candidate, True
-    return evaluate.result
+    for candidate in (_combined(space, scores), _best_ends(space, scores, best)):
+        if evaluate(candidate) is None:
+            return evaluate.result
+    while True:
+        # The untried neighbours of the current leaders, the best leader's first: one trial at a time,
+        # then the leaders are ranked again, so a lucky or unlucky figure moves the search only a little.
+        frontier = [n for lead in evaluate.result.leaders(leaders) for n in space.neighbours(lead) if n not in scores]
+        if not frontier:
+            return evaluate.result
+        if evaluate(frontier[0]) is None:
+            return evaluate.result
 
 
 def full_grid(space: Space, objective: Objective, *, may_continue: MayContinue = lambda: True) -> SearchResult:

@@ -120,15 +120,22 @@ def requests_for(profile: Profile, plan: Plan, options: TuneOptions) -> list[tup
 
 
 def minimum_budget(requests: Sequence[TuneRequest]) -> float:
-    """The least budget that measures the current setting and one other per deployment (one step each)."""
-    return sum(2 * (MIN_START_SECONDS + r.schedule.warmup_seconds + r.schedule.step_seconds) for r in requests)
+    """The least budget that measures the current setting and one other per deployment (one step each)
+    and confirms both (the confirmation round's re-measurements, one long step each)."""
+    total = 0.0
+    for r in requests:
+        s = r.schedule
+        trial = MIN_START_SECONDS + s.warmup_seconds + s.step_seconds
+        confirmation = MIN_START_SECONDS + s.warmup_seconds + s.confirm_seconds
+        total += 2 * trial + 2 * s.confirmations_per_setting * confirmation
+    return total
 
 
 def check_budget(requests: Sequence[TuneRequest], budget_seconds: float) -> None:
     need = minimum_budget(requests)
     if budget_seconds < need:
         raise TuneError(f"a budget of {budget_seconds:g} s is too small for one trial beyond the current setting "
-                        f"of {len(requests)} deployment(s)", where="--budget",
+                        f"of {len(requests)} deployment(s) and their confirmation", where="--budget",
                         fix=f"give at least {need:.0f}s (a useful tune takes minutes: --budget 10m)")
 
 

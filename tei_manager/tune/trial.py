@@ -5,6 +5,10 @@ p99 is over the SLO or that fails requests, when throughput has stopped rising (
 saturated: more in flight only adds queueing), or at the step cap. Its figure is the best
 throughput among the steps that met the SLO without errors.
 
+A *confirmation* (`run_confirmation`) measures a setting again on a fresh instance, one long step
+at the concurrency its trial found best (one level lower if that now misses the SLO): the runner's
+confirmation round decides on these figures rather than on one short step each.
+
 A setting is *infeasible* when its instance cannot start, dies during the trial (an OOM kill or a
 crash), or answers a storm of 5xx or broken connections; such trials stay in the report with the
 reason, they are never dropped.
@@ -13,7 +17,9 @@ reason, they are never dropped.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import urllib.request
 from dataclasses import dataclass, field
 
 from .loadgen import StepResult, run_step
@@ -36,6 +42,19 @@ class Schedule:
     max_concurrency: int = 64
     request_timeout: float = 30.0
     plateau_steps: int = 2  # doublings without PLATEAU_GAIN before the trial stops
+    # The confirmation round: the search's leading settings (and the current one) measured again,
+    # ``confirm_rounds`` times each, one step of ``confirm_seconds`` (default: 3 trial steps) each.
+    confirm_leaders: int = 2
+    confirm_rounds: int = 2
+    confirm_step_seconds: float | None = None
+
+    @property
+    def confirm_seconds(self) -> float:
+        return self.confirm_step_seconds if self.confirm_step_seconds is not None else 3 * self.step_seconds
+
+    @property
+    def confirmations_per_setting(self) -> int:
+        return self.confirm_rounds if self.confirm_leaders > 0 else 0
 
     def concurrencies(self) -> list[int]:
         levels, c = [], 1
@@ -74,6 +93,8 @@ class TrialResult:
     peak_memory_bytes: int | None = None
     infeasible: str | None = None
     seconds: float = 0.0
+    start_seconds: float = 0.0  # of ``seconds``, how long the instance took to become ready
+    reported: dict[str, str] = field(default_factory=dict)  # what the instance says it runs at (/info: dtype)
 
     @property
     def best(self) -> Step | None:
@@ -106,6 +127,7 @@ class TrialResult:
             "p99_ms": _r(best.p99_ms) if best else None,
             "peak_memory_bytes": self.peak_memory_bytes,
             "seconds": round(self.seconds, 1),
+            "reported": dict(self.reported),
             "steps": [s.to_json() for s in self.steps],
         }
 
@@ -169,20 +191,91 @@ async def drive(instance: TrialInstance, workload: Workload, settings: Settings,
             flat = 0
 
 
+def reported_settings(instance: TrialInstance, timeout: float = 5.0) -> dict[str, str]:
+    """What the instance says it runs at, from TEI's ``/info`` (``model_dtype``): the runtime's own
+    default when the settings name none (the fallback worker picks bfloat16 on CPUs that have it).
+    Empty when ``/info`` cannot be read; a trial never fails for it."""
+    request = urllib.request.Request(instance.base_url + "/info", headers=dict(instance.headers))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            info = json.loads(response.read())
+    except (OSError, ValueError):
+        return {}
+    dtype = info.get("model_dtype") if isinstance(info, dict) else None
+    return {"dtype": dtype.lower()} if isinstance(dtype, str) and dtype else {}
+
+
+def _started(target: TrialTarget, settings: Settings, result: TrialResult, began: float) -> TrialInstance | None:
+    """Start the instance, or record why it could not start."""
+    try:
+        instance = target.start(settings)
+    except StartFailed as exc:
+        result.infeasible = f"{exc.reason} at start: {exc.detail}".strip().rstrip(":")
+        result.seconds = result.start_seconds = time.monotonic() - began
+        return None
+    result.start_seconds = time.monotonic() - began
+    result.reported = reported_settings(instance)
+    return instance
+
+
 def run_trial(target: TrialTarget, settings: Settings, workload: Workload, *, slo_p99_ms: float,
               schedule: Schedule | None = None) -> TrialResult:
     """Start an instance with ``settings``, measure it, stop it. Never raises for a failing setting."""
     schedule = schedule or Schedule()
     began = time.monotonic()
     result = TrialResult(settings=dict(settings))
-    try:
-        instance = target.start(settings)
-    except StartFailed as exc:
-        result.infeasible = f"{exc.reason} at start: {exc.detail}".strip().rstrip(":")
-        result.seconds = time.monotonic() - began
+    instance = _started(target, settings, result, began)
+    if instance is None:
         return result
     try:
         asyncio.run(drive(instance, workload, settings, slo_p99_ms=slo_p99_ms, schedule=schedule, result=result))
+        result.peak_memory_bytes = instance.peak_memory_bytes()
+    finally:
+        instance.stop()
+    result.seconds = time.monotonic() - began
+    return result
+
+
+async def hold(instance: TrialInstance, workload: Workload, settings: Settings, *, concurrency: int,
+               slo_p99_ms: float, schedule: Schedule, result: TrialResult) -> None:
+    """One long step at ``concurrency``; if it misses the SLO, one more a level lower (the trial's
+    best level may have met the SLO by luck). Sets ``result.infeasible`` on a storm or a death."""
+    batch = client_batch(settings, workload)
+    levels = [concurrency, concurrency // 2] if concurrency > 1 else [concurrency]
+    for i, level in enumerate(levels):
+        raw = await run_step(
+            instance.base_url, workload.path, lambda n: workload.body(n, batch), concurrency=level,
+            seconds=schedule.confirm_seconds, warmup=schedule.warmup_seconds, timeout=schedule.request_timeout,
+            offset=50_021 * (i + 1), headers=instance.headers,
+        )
+        ended = instance.exited()
+        if ended is not None:
+            result.infeasible = f"{ended.reason} at concurrency {level}: {ended.detail}".strip()
+            return
+        step = to_step(raw, slo_p99_ms)
+        result.steps.append(step)
+        total = raw.requests + raw.errors
+        if total and (raw.server_errors + raw.transport_errors) / total >= STORM_RATE:
+            result.infeasible = (f"{raw.server_errors} server errors and {raw.transport_errors} broken connections "
+                                 f"in {total} requests at concurrency {level}")
+            return
+        if step.meets_slo:
+            return
+
+
+def run_confirmation(target: TrialTarget, settings: Settings, workload: Workload, *,
+                     concurrency: int, slo_p99_ms: float, schedule: Schedule | None = None) -> TrialResult:
+    """Measure ``settings`` again on a fresh instance, one long step at ``concurrency`` (see `hold`).
+    Its ``throughput`` is the figure the confirmation round uses; never raises for a failing setting."""
+    schedule = schedule or Schedule()
+    began = time.monotonic()
+    result = TrialResult(settings=dict(settings))
+    instance = _started(target, settings, result, began)
+    if instance is None:
+        return result
+    try:
+        asyncio.run(hold(instance, workload, settings, concurrency=concurrency, slo_p99_ms=slo_p99_ms,
+                         schedule=schedule, result=result))
         result.peak_memory_bytes = instance.peak_memory_bytes()
     finally:
         instance.stop()

@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from tei_manager.tune import report
+from tei_manager.tune.confirm import settings_key
 from tei_manager.tune.runner import DeploymentResult, TuneRequest, TuneResult, calibration_records, colocate
 from tei_manager.tune.search import Dimension, Space
 from tei_manager.tune.trial import Step, TrialResult
@@ -59,7 +60,76 @@ def test_the_table_and_summary_show_the_choice_the_gain_and_every_failure() -> N
     assert "chosen" in out and "infeasible: oom at start: CUDA out of memory" in out
     assert "misses the SLO at concurrency 1" in out
     assert "gain over the current setting: +53%" in out
-    assert "4 search trials of a 4-point space" in out
+    assert "4 search trials + 0 confirmations of its leaders = 4 of a 4-point space" in out
+    assert "one trial, not confirmed" in out
+
+
+def _again(trial: TrialResult, *figures: float) -> list[TrialResult]:
+    """Confirmation re-measurements of ``trial``: one long step each at its best concurrency."""
+    level = trial.best.concurrency if trial.best else 1
+    return [TrialResult(dict(trial.settings), [Step(level, f, 50, 90, 200, 0, 0, True)], trial.peak_memory_bytes)
+            for f in figures]
+
+
+def _confirm(dep: DeploymentResult, trial: TrialResult, *figures: float) -> None:
+    dep.confirmations[settings_key(trial.settings)] = _again(trial, *figures)
+
+
+def test_the_choice_and_the_gain_use_the_confirmed_medians() -> None:
+    dep = _deployment()
+    lucky, steady = dep.search[1], dep.search[0]  # 460 and 420 inputs/s in their single trials
+    # Measured again, longer: the 460 was luck (winner's curse), the 420 holds; the current setting holds too.
+    _confirm(dep, lucky, 400, 410)
+    _confirm(dep, steady, 425, 431)
+    _confirm(dep, dep.current, 290, 310)
+    assert dep.chosen is steady and dep.score(steady) == 428
+    assert dep.gain is not None and round(dep.gain, 4) == round(428 / 300 - 1, 4)
+    assert dep.confirmation_trials == 6 and dep.search_confirmations == 4
+    console = Console(file=io.StringIO(), width=220)
+    report.show(TuneResult([dep], SLO, 600, 42), console)
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "428.0 inputs/s (median of 2 x 9 s, 425.0-431.0), confirmed" in out
+    assert "gain over the current setting: +43% (300.0 inputs/s (median of 2 x 9 s, 290.0-310.0)" in out
+    assert "4 search trials + 4 confirmations of its leaders = 8 of a 4-point space" in out
+    assert "425.0-431.0 (2)" in out  # the table's spread column
+    assert "compared on the median" in out
+
+
+def test_the_grid_comparison_is_between_confirmed_figures(tmp_path: Path) -> None:
+    dep = _deployment()
+    grid_only = _trial(16384, [(300, 60), (520, 99)], 9, dtype="float16")  # the grid's top single figure: 520
+    dep.grid = [*dep.search, grid_only]
+    _confirm(dep, dep.search[1], 455, 465)
+    _confirm(dep, dep.search[0], 410, 420)
+    _confirm(dep, grid_only, 470, 480)
+    assert dep.grid_best is grid_only and dep.search_best is dep.search[1]
+    assert dep.search_vs_grid == 460 / 475
+    entry = report.to_json(TuneResult([dep], SLO, 600, 42))["deployments"][0]
+    assert entry["grid"]["basis"] == "confirmed" and entry["grid"]["search_vs_grid"] == round(460 / 475, 4)
+    assert entry["grid"]["best"]["confirmed"]["median"] == 475 and entry["grid"]["best"]["throughput_at_slo"] == 520
+    assert entry["chosen"]["confirmed"] == {"median": 460, "low": 455, "high": 465, "spread": round(10 / 460, 4),
+                                            "figures": [455, 465], "seconds_each": 9.0}
+    assert entry["confirmation"]["trials"] == 6 and entry["confirmation"]["of_search_leaders"] == 4
+    assert entry["search_trials_with_confirmations"] == 8
+    assert "the search reached 96.8% of it with 8 trials" in "\n".join(report.summary_lines(dep))
+    png = report.plot_png(dep, SLO, tmp_path / "confirmed.png")  # the confirmed medians drawn with their spread
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_current_setting_outside_the_space_is_said_so() -> None:
+    space = Space((Dimension("max_batch_tokens", (2048, 4096)),), {"max_client_batch_size": 8, "dtype": "float32"})
+    workload = synthetic("embed", n=8, seed=0)
+    request = TuneRequest("embed", "m", "fallback", workload, space, {"max_batch_tokens": 4096}, "float32", SLO)
+    current = _trial(4096, [(300, 60)])
+    current.reported = {"dtype": "bfloat16"}  # what the worker's /info said it ran at
+    dep = DeploymentResult(request, "cpu", current, search=[_trial(2048, [(250, 50)])])
+    assert dep.current_outside_space == ["dtype bfloat16 (searched: float32)"]
+    summary = "\n".join(report.summary_lines(dep))
+    assert "the current setting runs at dtype bfloat16 (searched: float32), outside the searched space" in summary
+    assert report.to_json(TuneResult([dep], SLO, 600, 1))["deployments"][0]["current_outside_space"] == [
+        "dtype bfloat16 (searched: float32)"]
+    current.reported = {"dtype": "float32"}
+    assert dep.current_outside_space == []
 
 
 def test_the_text_chart_marks_chosen_current_and_the_slo() -> None:

@@ -102,12 +102,19 @@ def test_search_and_full_grid_in_one_run() -> None:
     assert dep.current.infeasible == "oom at start: warm-up needs more memory than there is"
     assert dep.gain is None
     assert dep.grid is not None and len(dep.grid) == SPACE.size
-    # Every point ran once: the grid reused what the search had measured.
-    assert len(target.started) == 1 + SPACE.size
-    assert len(dep.search) < SPACE.size
+    # Every point ran once (the grid reused what the search had measured), then the confirmation round
+    # started the leaders again: the search's and the grid's top three, twice each, in turn.
+    assert len(target.started) == 1 + SPACE.size + dep.confirmation_trials
+    assert dep.confirmation_trials == 2 * len(dep.confirmations) and 3 <= len(dep.confirmations) <= 4
+    again = target.started[1 + SPACE.size:]
+    assert again[:len(dep.confirmations)] == again[len(dep.confirmations):]  # alternating: A B C, A B C
+    # A third of the grid, counting the confirmations of the search's leaders.
+    assert len(dep.search) + dep.search_confirmations <= SPACE.size / 3
     grid_best, chosen = dep.grid_best, dep.search_best
     assert grid_best is not None and chosen is not None
-    assert chosen.throughput >= 0.8 * grid_best.throughput  # simulated, but still measured: some noise
+    # Both compared on their confirmed medians, not on single trials.
+    assert dep.confirmed(grid_best) is not None and dep.confirmed(chosen) is not None
+    assert dep.search_vs_grid is not None and dep.search_vs_grid <= 1
     assert dep.recommended is not None and dep.recommended["max_client_batch_size"] == 4
 
 
@@ -119,6 +126,26 @@ def test_the_budget_stops_the_search() -> None:
     assert dep.search_stopped_early and len(dep.search) < SPACE.size
     slowest = max(t.seconds for t in [dep.current, *dep.search])
     assert time.monotonic() - began <= 3 + slowest + 2
+
+
+def test_the_budget_keeps_time_for_the_confirmation_round() -> None:
+    """The search stops early enough that the current setting and the search's leaders are confirmed
+    within the budget."""
+    target = SimulatedTarget()
+    request = _request()
+    request = TuneRequest(request.deployment, request.model, request.runtime, request.workload, SPACE,
+                          {"max_batch_tokens": 2048, "max_client_batch_size": 4, "forward_workers": 1},
+                          "float32", slo_p99_ms=5_000, schedule=SCHEDULE)
+    budget = 20.0
+    began = time.monotonic()
+    result = run_tune([request], lambda r: target, budget_seconds=budget, record_calibration=False)
+    elapsed = time.monotonic() - began
+    (dep,) = result.deployments
+    assert dep.confirmed(dep.current) is not None
+    chosen = dep.chosen
+    assert chosen is not None and dep.confirmed(chosen) is not None
+    assert dep.gain is not None
+    assert elapsed <= budget + 2
 
 
 def test_budgets_read_like_the_cli_writes_them() -> None:

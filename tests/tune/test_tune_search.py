@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -18,6 +19,7 @@ from tei_manager.tune.search import (
     headroom,
     recommended_max_concurrent,
     restrict,
+    search_cap,
 )
 
 GiB = 1 << 30
@@ -56,6 +58,85 @@ def test_search_finds_the_grid_best_with_a_fraction_of_its_trials() -> None:
     assert searched.trials <= space.size / 3
     assert searched.scores[searched.best] >= 0.95 * best  # type: ignore[index]
     assert space.settings(searched.best) == space.settings(grid.best)  # type: ignore[arg-type]
+
+
+#: The space of the documented CPU run: 5 batch budgets x 5 client batch sizes x 1-2 forward workers.
+MEASURED_SPACE = restrict(default_space("fallback", on_gpu=False, kind="embed", max_input_tokens=256),
+                          forward_workers=[1, 2], dtype=["bfloat16"])
+#: What the confirmation round re-measures on that run: 2 leaders x 2 rounds.
+CONFIRMATIONS = 4
+
+
+def corner_model(space: Space):  # type: ignore[no-untyped-def]
+    """A landscape whose best lies in a corner that sweeping one dimension at a time never reaches:
+    from the current setting each dimension alone prefers a middle batch budget and one forward
+    worker, but 512 tokens with client batches of 32 (one request fills a batch) pays off, and
+    with two forward workers even more (the first measured run's grid best: 512 x 32 x 2)."""
+
+    def objective(point: Point) -> float:
+        s = space.settings(point)
+        t = int(math.log2(int(s["max_batch_tokens"]))) - 9  # 0 at 512 ... 4 at 8192
+        c = int(math.log2(int(s["max_client_batch_size"])))  # 0 at 1 ... 5 at 32
+        two = int(s["forward_workers"]) == 2
+        score = 62 - 0.8 * (t - 2) ** 2 + 0.2 * (4 - t) + 0.6 * c - (0.5 if two else 0)
+        if t == 0 and c == 5:
+            score += 6 + (8 if two else 0)
+        return score
+
+    return objective
+
+
+def true_best(space: Space, objective) -> float:  # type: ignore[no-untyped-def]
+    return max(objective(p) for p in space.grid())
+
+
+def test_the_search_finds_a_corner_the_coarse_sweep_never_combines() -> None:
+    space = MEASURED_SPACE
+    assert space.size == 50
+    objective = corner_model(space)
+    cap = search_cap(space, CONFIRMATIONS)
+    assert cap == 12
+    # From the profile's current setting, as the runner starts it (forward workers unset: the first value).
+    searched = coordinate_search(space, objective, start=space.nearest({"max_batch_tokens": 4096,
+                                                                        "max_client_batch_size": 16}),
+                                 max_trials=cap)
+    assert searched.trials <= cap
+    assert searched.trials + CONFIRMATIONS <= space.size / 3
+    assert space.settings(searched.best) == {  # type: ignore[arg-type]
+        "max_batch_tokens": 512, "max_client_batch_size": 32, "forward_workers": 2, "dtype": "bfloat16"}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_with_noisy_trials_a_leader_is_within_5_percent_of_the_true_best(seed: int) -> None:
+    """Each trial is the true figure with 6% noise, as a short trial on a shared CPU is; the confirmation
+    round re-measures the search's two leaders, so one of them must be good, not the single top figure."""
+    space = MEASURED_SPACE
+    truth = throughput_model_for(space)
+    rng = random.Random(seed)
+
+    def noisy(point: Point) -> float:
+        return truth(point) * rng.gauss(1.0, 0.06)
+
+    searched = coordinate_search(space, noisy, start=space.nearest({"max_batch_tokens": 4096,
+                                                                    "max_client_batch_size": 16}),
+                                 max_trials=search_cap(space, CONFIRMATIONS))
+    assert searched.trials <= 12
+    leading = max(truth(p) for p in searched.leaders(2))
+    assert leading >= 0.95 * true_best(space, truth)
+
+
+def throughput_model_for(space: Space):  # type: ignore[no-untyped-def]
+    """`throughput_model` without its call log, for spaces that fix some dimensions."""
+    model = throughput_model(space)
+    return lambda point: model(point)
+
+
+def test_the_trial_cap_leaves_room_for_the_confirmation_round() -> None:
+    space = MEASURED_SPACE
+    assert search_cap(space) == 16 and search_cap(space, 4) == 12
+    assert search_cap(Space((Dimension("a", (1, 2)),)), 6) == 1  # never below one trial
+    searched = coordinate_search(space, corner_model(space), max_trials=5)
+    assert searched.trials == 5 and searched.capped and not searched.stopped_early
 
 
 def test_search_walks_away_from_out_of_memory_settings() -> None:

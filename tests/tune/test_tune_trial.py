@@ -24,7 +24,7 @@ from starlette.routing import Route
 from tei_manager.tune.loadgen import run_step
 from tei_manager.tune.local import LocalWorkerTarget, free_port
 from tei_manager.tune.target import Exit, Settings
-from tei_manager.tune.trial import Schedule, run_trial
+from tei_manager.tune.trial import Schedule, run_confirmation, run_trial
 from tei_manager.tune.workload import synthetic
 
 pytestmark = pytest.mark.slow
@@ -45,6 +45,23 @@ def test_a_trial_records_throughput_latency_and_peak_memory(tiny_embedder_dir: P
     # Resident memory of a torch process holding a model: far more than 50 MiB, far less than 8 GiB.
     assert result.peak_memory_bytes is not None and 50 << 20 < result.peak_memory_bytes < 8 << 30
     assert result.to_json()["throughput_at_slo"] == round(best.throughput, 2)
+
+
+def test_a_confirmation_holds_the_best_level_longer_and_reads_the_dtype_the_worker_runs_at(
+        tiny_embedder_dir: Path) -> None:
+    target = LocalWorkerTarget(tiny_embedder_dir)
+    unset = {k: v for k, v in BASE.items() if k != "dtype"}
+    again = run_confirmation(target, unset, WORKLOAD, concurrency=2, slo_p99_ms=30_000, schedule=QUICK)
+    assert again.meets_slo, again.to_json()
+    # One step at the level it was asked for, three trial steps long.
+    (step,) = again.steps
+    assert step.concurrency == 2 and step.requests > 0 and QUICK.confirm_seconds == 3 * QUICK.step_seconds
+    assert again.throughput == step.throughput > 0
+    # No dtype in the settings: the worker picked its own default, and the trial knows which (from /info).
+    assert again.reported.get("dtype") in ("float32", "bfloat16")
+    pinned = run_trial(target, BASE, WORKLOAD, slo_p99_ms=30_000,
+                       schedule=Schedule(step_seconds=0.5, warmup_seconds=0.1, max_concurrency=1))
+    assert pinned.reported == {"dtype": "float32"} and pinned.start_seconds > 0
 
 
 def test_rerank_trials_send_each_query_with_its_documents(tiny_reranker_dir: Path) -> None:

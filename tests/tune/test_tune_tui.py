@@ -98,7 +98,9 @@ async def test_tune_a_deployment_from_the_dashboard(tmp_path: Path, tiny_embedde
 
         assert screen.error is None and screen.result is not None
         table = screen.query_one("#tune-trials", DataTable)
-        assert table.row_count == 1 + len(screen.result.deployments[0].search) >= 2
+        dep = screen.result.deployments[0]
+        # One row per trial as it finished: the current setting, the search, the confirmation round.
+        assert table.row_count == 1 + len(dep.search) + dep.confirmation_trials >= 2
         shown = str(screen.query_one("#tune-result", Static).render())
         assert "tiny-embed: chosen" in shown and "* chosen, # current" in shown
         assert "done:" in str(screen.query_one("#tune-status", Static).render())
