@@ -33,14 +33,26 @@ REPO = Path(__file__).resolve().parents[2]
 WORKER_START_TIMEOUT_S = 240.0
 
 
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port_block(count: int = 1) -> int:
-    """The first of `count` consecutive free loopback ports."""
+    """The first of `count` consecutive free loopback ports, below the kernel's ephemeral range.
+
+    A worker binds its port seconds after it was chosen (it loads a model first). A port from the
+    ephemeral range (what binding port 0 hands out) can be taken meanwhile as the source port of any
+    outgoing connection on the host (a health poll, a test client), and the worker then fails with
+    "Address already in use". Ports below the range are never handed out that way.
+    """
+    import random
+
+    top = _ephemeral_floor() - count
     for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count > 65535:
-            continue
+        base = random.randrange(20000, top)
         socks = []
         try:
             for port in range(base, base + count):
