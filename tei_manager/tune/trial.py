@@ -166,16 +166,8 @@ async def drive(instance: TrialInstance, workload: Workload, settings: Settings,
             offset=offset, headers=instance.headers,
         )
         offset += 10_007  # each step starts elsewhere in the workload
-        ended = instance.exited()
-        if ended is not None:
-            result.infeasible = f"{ended.reason} at concurrency {concurrency}: {ended.detail}".strip()
-            return
-        step = to_step(raw, slo_p99_ms)
-        result.steps.append(step)
-        total = raw.requests + raw.errors
-        if total and (raw.server_errors + raw.transport_errors) / total >= STORM_RATE:
-            result.infeasible = (f"{raw.server_errors} server errors and {raw.transport_errors} broken connections "
-                                 f"in {total} requests at concurrency {concurrency}")
+        step = _record(instance, raw, concurrency, slo_p99_ms, result)
+        if step is None:
             return
         if raw.client_errors and not raw.requests:
             result.infeasible = f"every request refused with 4xx at concurrency {concurrency} (a limit too low?)"
@@ -248,19 +240,27 @@ async def hold(instance: TrialInstance, workload: Workload, settings: Settings, 
             seconds=schedule.confirm_seconds, warmup=schedule.warmup_seconds, timeout=schedule.request_timeout,
             offset=50_021 * (i + 1), headers=instance.headers,
         )
-        ended = instance.exited()
-        if ended is not None:
-            result.infeasible = f"{ended.reason} at concurrency {level}: {ended.detail}".strip()
+        step = _record(instance, raw, level, slo_p99_ms, result)
+        if step is None or step.meets_slo:
             return
-        step = to_step(raw, slo_p99_ms)
-        result.steps.append(step)
-        total = raw.requests + raw.errors
-        if total and (raw.server_errors + raw.transport_errors) / total >= STORM_RATE:
-            result.infeasible = (f"{raw.server_errors} server errors and {raw.transport_errors} broken connections "
-                                 f"in {total} requests at concurrency {level}")
-            return
-        if step.meets_slo:
-            return
+
+
+def _record(instance: TrialInstance, raw: StepResult, concurrency: int, slo_p99_ms: float,
+            result: TrialResult) -> Step | None:
+    """Add one measured step to ``result``; None (with ``result.infeasible`` set) when the instance
+    died during it or answered it with a storm of server errors and broken connections."""
+    ended = instance.exited()
+    if ended is not None:
+        result.infeasible = f"{ended.reason} at concurrency {concurrency}: {ended.detail}".strip()
+        return None
+    step = to_step(raw, slo_p99_ms)
+    result.steps.append(step)
+    total = raw.requests + raw.errors
+    if total and (raw.server_errors + raw.transport_errors) / total >= STORM_RATE:
+        result.infeasible = (f"{raw.server_errors} server errors and {raw.transport_errors} broken connections "
+                             f"in {total} requests at concurrency {concurrency}")
+        return None
+    return step
 
 
 def run_confirmation(target: TrialTarget, settings: Settings, workload: Workload, *,
