@@ -42,22 +42,28 @@ class ServerConfig:
 
 
 # ---- configurations -----------------------------------------------------------------------------
-def worker_config(model: str, *, max_client_batch: int = 128) -> ServerConfig:
-    """The worker as a deployment runs it on CPU: its own defaults (bfloat16 where native, two
-    forward threads, warm-up before the port opens), with limits high enough for 32 x 100 inputs."""
+def worker_config(model: str, *, engine: str = "auto", name: str = "worker",
+                  max_client_batch: int = 128) -> ServerConfig:
+    """The worker as a deployment runs it on CPU: its own defaults (bfloat16 where native, its
+    engine's forward threads, warm-up before the port opens), with limits high enough for 32 x 100
+    inputs. ``engine``: its --engine (auto: OpenVINO where installed)."""
     argv = (sys.executable, "-m", "fallback_worker", "--model-id", model, "--hostname", "127.0.0.1",
             "--port", "{port}", "--dtype", "bfloat16", "--max-client-batch-size", str(max_client_batch),
-            "--max-concurrent-requests", "8192")
-    return ServerConfig("worker", "worker", argv, "/v1/embeddings", "/rerank", dict(OFFLINE_ENV))
+            "--max-concurrent-requests", "8192", "--engine", engine)
+    return ServerConfig(name, "worker", argv, "/v1/embeddings", "/rerank", dict(OFFLINE_ENV))
 
 
 @dataclass(frozen=True)
 class InfinitySetting:
     """One Infinity configuration to try: engine, dtype and batch size; warm-up stays on."""
 
-    engine: str  # "torch" or "optimum" (ONNX Runtime)
+    engine: str  # "torch", "optimum" (ONNX Runtime) or "optimum-openvino" (ONNX Runtime's OpenVINO provider)
     dtype: str
     batch_size: int
+
+    @property
+    def onnx(self) -> bool:
+        return self.engine.startswith("optimum")
 
     @property
     def name(self) -> str:
@@ -88,9 +94,9 @@ def infinity_config(binary: str, model: Path, setting: InfinitySetting, hf_home:
     The optimum engine is started inside the model directory as `--model-id .`: Infinity 0.0.78
     passes the ONNX file's path, as found under the model id, to optimum as a file name, and
     optimum 2 matches it against bare file names, so only a model.onnx found as `model.onnx` loads."""
-    onnx = setting.engine == "optimum"
+    onnx = setting.onnx
     argv = (binary, "v2", "--model-id", "." if onnx else str(model), "--served-model-name", "model",
-            "--engine", setting.engine, "--device", "cpu", "--dtype", setting.dtype,
+            "--engine", "optimum" if onnx else setting.engine, "--device", "cpu", "--dtype", setting.dtype,
             "--batch-size", str(setting.batch_size), "--model-warmup" if warmup else "--no-model-warmup",
             "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning")
     # HF_HOME: where the optimum engine caches its optimized graph, kept out of the user's cache.
@@ -98,10 +104,12 @@ def infinity_config(binary: str, model: Path, setting: InfinitySetting, hf_home:
                         {**INFINITY_ENV, "HF_HOME": str(hf_home)}, model if onnx else ROOT)
 
 
-def infinity_has_optimum(binary: str) -> bool:
-    """Whether Infinity's venv can run its `optimum` engine (optimum's ONNX Runtime classes)."""
+def infinity_has_optimum(binary: str, provider: str = "CPUExecutionProvider") -> bool:
+    """Whether Infinity's venv can run its `optimum` engine (optimum's ONNX Runtime classes) with
+    ONNX Runtime's ``provider`` (Infinity picks OpenVINO's on CPU whenever it is installed)."""
     python = Path(binary).with_name("python")
-    probe = subprocess.run([str(python), "-c", "import optimum.onnxruntime, onnxruntime"], capture_output=True)
+    check = f"import optimum.onnxruntime, onnxruntime; assert {provider!r} in onnxruntime.get_available_providers()"
+    probe = subprocess.run([str(python), "-c", check], capture_output=True)
     return probe.returncode == 0
 
 

@@ -120,21 +120,32 @@ def reranker_model(workdir: Path, smoke: bool) -> Path:
     return build_model(workdir / name, "rerank", config, model_max_length=512)
 
 
+def infinity_binary(args: argparse.Namespace, setting: InfinitySetting) -> str:
+    return args.infinity_openvino_bin if setting.engine == "optimum-openvino" else args.infinity_bin
+
+
 def infinity_settings(args: argparse.Namespace) -> list[InfinitySetting]:
-    """The settings asked for, less `optimum` where Infinity's venv cannot run it (said aloud)."""
+    """The settings asked for, less the ONNX ones whose venv cannot run them (said aloud)."""
     settings = [InfinitySetting.parse(s) for s in args.infinity] if args.infinity else list(DEFAULT_INFINITY_SETTINGS)
-    if any(s.engine == "optimum" for s in settings) and not infinity_has_optimum(args.infinity_bin):
-        say("note: Infinity's venv has no optimum/onnxruntime: its `optimum` engine is left out")
-        settings = [s for s in settings if s.engine != "optimum"]
-    return settings
+    runnable = []
+    for s in settings:
+        provider = "OpenVINOExecutionProvider" if s.engine == "optimum-openvino" else "CPUExecutionProvider"
+        if s.onnx and not infinity_has_optimum(infinity_binary(args, s), provider):
+            say(f"note: {infinity_binary(args, s)}'s venv cannot run {s.name} (optimum with {provider}): left out")
+            continue
+        runnable.append(s)
+    return runnable
 
 
 def suite_configs(args: argparse.Namespace, name: str, model: Path, workdir: Path) -> list[ServerConfig]:
-    """The worker, then every Infinity setting (optimum on an ONNX export of the same weights)."""
-    configs = [worker_config(str(model))]
+    """The worker (and its other engines, for reference), then every Infinity setting (optimum on an
+    ONNX export of the same weights)."""
+    first, *others = args.worker_engine
+    configs = [worker_config(str(model), engine=first)]
+    configs += [worker_config(str(model), engine=e, name=f"worker-{e}") for e in others]
     for setting in infinity_settings(args):
         served, warmup = model, True
-        if setting.engine == "optimum":
+        if setting.onnx:
             task = "feature-extraction" if name == "embed" else "text-classification"
             tag = hashlib.sha1(str(model.resolve()).encode()).hexdigest()[:8]  # one export per model
             served = onnx_copy(args.infinity_bin, model, task, workdir / f"{name}-{model.name}-{tag}-onnx")
@@ -143,7 +154,8 @@ def suite_configs(args: argparse.Namespace, name: str, model: Path, workdir: Pat
             # for 25 GB for one attention and the server exits. The discarded seconds before each
             # scenario warm it up instead.
             warmup = name == "embed"
-        configs.append(infinity_config(args.infinity_bin, served, setting, workdir / "hf_home", warmup=warmup))
+        configs.append(infinity_config(infinity_binary(args, setting), served, setting, workdir / "hf_home",
+                                       warmup=warmup))
     return configs
 
 
@@ -165,12 +177,13 @@ def build_suites(args: argparse.Namespace, workdir: Path) -> list[Suite]:
 
 
 # ---- measuring ----------------------------------------------------------------------------------
-def inprocess_ceiling(suite: Suite, workdir: Path, seconds: float) -> dict[str, Any]:
-    """The model alone (benchmarks/inprocess_ceiling.py in a child process) and its accuracy check."""
+def inprocess_ceiling(suite: Suite, workdir: Path, seconds: float, engine: str) -> dict[str, Any]:
+    """The model alone in the worker's engine (benchmarks/inprocess_ceiling.py in a child process)
+    and its accuracy check."""
     inputs = workdir / f"{suite.name}-inputs.json"
     inputs.write_text(json.dumps({"texts": suite.texts, "queries": suite.queries}))
     cmd = [sys.executable, str(HERE / "inprocess_ceiling.py"), "--kind", suite.name, "--model", str(suite.model),
-           "--inputs", str(inputs), "--seconds", str(seconds)]
+           "--inputs", str(inputs), "--seconds", str(seconds), "--engine", engine]
     say("$ " + " ".join(cmd))
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -265,7 +278,7 @@ def summarize(results: list[Result]) -> dict[str, Any]:
 def compare(scenario_stats: dict[str, dict[str, Any]], goal: float) -> dict[str, Any] | None:
     """The worker against Infinity's best configuration in one scenario."""
     worker = scenario_stats.get("worker")
-    peers = {name: s for name, s in scenario_stats.items() if name != "worker"}
+    peers = {name: s for name, s in scenario_stats.items() if not name.startswith("worker")}
     if worker is None or not peers:
         return None
     best_name = max(peers, key=lambda name: peers[name]["throughput"]["median"])
@@ -322,10 +335,16 @@ def ceiling_verdict(suite: Suite, stats: dict[str, dict[str, Any]], ceiling: dic
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--infinity-bin", default=os.environ.get("INFINITY_BIN", "/tmp/infvenv/bin/infinity_emb"))
+    ap.add_argument("--infinity-openvino-bin",
+                    default=os.environ.get("INFINITY_OPENVINO_BIN", "/tmp/infvenv-ov/bin/infinity_emb"),
+                    help="Infinity in a venv with onnxruntime-openvino, for optimum-openvino settings")
     ap.add_argument("--infinity", action="append", metavar="ENGINE:DTYPE:BATCH",
                     help="an Infinity configuration to try (repeat); default: "
                          + ", ".join(f"{s.engine}:{s.dtype}:{s.batch_size}" for s in DEFAULT_INFINITY_SETTINGS))
     ap.add_argument("--suites", nargs="+", choices=("embed", "rerank"), default=["embed", "rerank"])
+    ap.add_argument("--worker-engine", nargs="+", default=["auto"], choices=("auto", "torch", "openvino"),
+                    help="the worker's --engine; more than one also measures the others, for reference "
+                         "(as worker-ENGINE), against the first's ceiling")
     ap.add_argument("--embed-model", help="embedding model directory (default: the packaged all-MiniLM-L6-v2)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds per scenario and round")
@@ -374,7 +393,7 @@ def main() -> int:
             say(f"background load: {len(pinned)} busy process(es) on cores {pinned}")
         report["background_cores"] = pinned
         for suite in suites:
-            ceiling = inprocess_ceiling(suite, args.workdir, args.ceiling_seconds)
+            ceiling = inprocess_ceiling(suite, args.workdir, args.ceiling_seconds, args.worker_engine[0])
             raw = run_rounds(suite, args, args.workdir)
             report["suites"][suite.name] = report_suite(suite, raw, ceiling, goal)
     report["host_after"] = host_state()

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import BatchResult, Engine
+from .engine import BaseEngine, BatchResult
 from .metrics import Metrics
 from .tokenization import Encoded
 
@@ -77,9 +77,6 @@ BATCH_OVERHEAD_TOKENS = 128
 # layer's work (4·L·H attention FLOPs against 24·H² for the projections and the feed-forward),
 # 1/40 to 1/10 for the models and lengths served here.
 ATTENTION_SHARE = 1 / 16
-# Below this many tokens a batch runs on one forward thread's share of the torch threads even when
-# it runs alone: splitting so little work across cores costs more in wake-ups than it saves.
-SPLIT_MIN_TOKENS = 256
 
 
 def plan_batches(
@@ -144,7 +141,7 @@ class Batcher:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: BaseEngine,
         metrics: Metrics,
         *,
         max_batch_tokens: int,
@@ -248,7 +245,7 @@ class Batcher:
             # oversubscribed, never idle. A small batch keeps its share either way: its matmuls
             # are too small to split (one MiniLM input: 8 ms on one thread, 14 ms on two).
             waiting = 1 if (self._planned or self._queue) else 0
-            if sum(j.length for j in batch) < SPLIT_MIN_TOKENS:
+            if sum(j.length for j in batch) < self.engine.split_min_tokens:
                 return batch, self.forward_workers
             return batch, min(self.forward_workers, self._running + waiting)
 

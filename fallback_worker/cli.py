@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import WorkerConfig
+from .config import WorkerConfig, default_openvino_cache
 
 log = logging.getLogger("fallback_worker")
 
@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="forward passes run at once, sharing the torch threads (default: 2 on CPU, 1 on CUDA)")
     add("--unpadded", envvar="FALLBACK_UNPADDED", type=parse_bool, default=True, nargs="?", const=True,
         help="run BERT-family models on packed tokens without padding (false: padded batches through transformers)")
+    add("--engine", envvar="FALLBACK_ENGINE", default="auto", choices=["auto", "torch", "openvino"],
+        help="what runs the model: torch, OpenVINO (CPU only; pip install 'tei-manager[openvino]'), "
+             "or auto: OpenVINO on the CPU when installed, else torch")
+    add("--openvino-cache-dir", envvar="FALLBACK_OPENVINO_CACHE_DIR", default=str(default_openvino_cache()),
+        help="where converted models and compiled blobs are kept between starts ('' keeps none)")
     add("--header-read-timeout", envvar="FALLBACK_HEADER_READ_TIMEOUT", type=float, default=10.0,
         help="seconds a client has to send a request's line and headers (else 408 and close)")
     add("--body-read-timeout", envvar="FALLBACK_BODY_READ_TIMEOUT", type=float, default=30.0,
@@ -181,6 +186,8 @@ def to_config(ns: argparse.Namespace) -> WorkerConfig:
         device=ns.device,
         forward_workers=ns.forward_workers,
         unpadded=ns.unpadded,
+        engine=ns.engine,
+        openvino_cache_dir=ns.openvino_cache_dir or None,
         header_read_timeout=ns.header_read_timeout,
         body_read_timeout=ns.body_read_timeout,
     )
@@ -218,20 +225,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from . import hardware
-    from .engine import Engine
     from .errors import StartupError
     from .http_server import server_config
+    from .loading import load_engine
     from .server import create_app
 
     if config.hf_token:
         os.environ.setdefault("HF_TOKEN", config.hf_token)
     log.info("loading %s", config.model_id)
     try:
-        engine = Engine.load(
-            config.model_id, revision=config.revision, dtype=config.dtype, pooling=config.pooling,
-            cache_dir=config.huggingface_hub_cache, token=config.hf_token, max_batch_tokens=config.max_batch_tokens,
-            auto_truncate=config.auto_truncate, device=config.device, unpadded=config.unpadded,
-        )
+        engine = load_engine(config)
         if config.default_prompt_name and config.default_prompt_name not in engine.spec.prompts:
             raise StartupError(
                 f"--default-prompt-name {config.default_prompt_name!r} is not a key of the model's prompts"
@@ -243,9 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     spec = engine.spec
     log.info(
-        "model: %s, pooling %s, dtype %s on %s, max_input_length %d, %d threads, %s batches",
+        "model: %s, pooling %s, dtype %s on %s, max_input_length %d, %d threads, %s, %s batches",
         spec.kind, spec.pooling, spec.dtype, spec.device, spec.max_input_length, hardware.usable_cpus(),
-        "unpadded" if spec.unpadded else "padded",
+        spec.engine, "unpadded" if spec.unpadded else "padded",
     )
     if ns.warmup:
         began = time.perf_counter()

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
+
+
+def default_openvino_cache() -> Path:
+    """$XDG_CACHE_HOME/tei-manager/openvino (~/.cache when unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tei-manager" / "openvino"
 
 
 @dataclass
@@ -33,6 +41,8 @@ class WorkerConfig:
     device: str | None = None
     forward_workers: int | None = None  # threads running forward passes at once; None: 2 on CPU, 1 on CUDA
     unpadded: bool = True  # packed batches for BERT-family models (packed.py); False: padded through transformers
+    engine: str = "auto"  # what runs the model: auto | torch | openvino (loading.py)
+    openvino_cache_dir: str | None = None  # converted models and compiled blobs; None: not cached
     header_read_timeout: float = 10.0  # seconds for a request's line and headers (slow clients: 408, closed)
     body_read_timeout: float = 30.0  # seconds for its body once the headers are in
 

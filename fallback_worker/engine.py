@@ -48,6 +48,7 @@ class ModelSpec:
     sparse: bool
     prompts: dict[str, str] = field(default_factory=dict)
     unpadded: bool = False  # batches run packed, without padding (packed.py); else padded through Hugging Face
+    engine: str = "torch"  # what runs the model: "torch" or "openvino" (openvino_engine.py)
 
 
 def resolve_model_dir(model_id: str, revision: str | None, cache_dir: str | None, token: str | None) -> Path:
@@ -111,8 +112,231 @@ def max_input_length_from_dir(model_dir: Path, config: Any) -> int:
     return positions
 
 
-class Engine:
-    """One loaded model; ``forward_*`` take encoded inputs and return float32 numpy results."""
+@dataclass(frozen=True)
+class ModelFiles:
+    """What a model directory says before any weights are read: enough for every engine to load it."""
+
+    model_dir: Path
+    config: Any  # transformers' PretrainedConfig
+    spec: ModelSpec
+    tokenizer: TextTokenizer
+    pad_id: int
+    auto_cls: Any  # the transformers class that loads the weights
+    sparse_file: Path | None  # bge-m3's lexical head (sparse_linear.pt)
+    unused_sparse_ids: frozenset[int]  # tokens that carry no term in lexical weights
+
+
+def describe_model(
+    model_id: str,
+    *,
+    revision: str | None = None,
+    dtype: str | None = None,
+    pooling: str | None = None,
+    cache_dir: str | None = None,
+    token: str | None = None,
+    max_batch_tokens: int = 16384,
+    auto_truncate: bool = True,
+    device: str | None = None,
+) -> ModelFiles:
+    """Fetch (if needed) and read a model's config, tokenizer and pooling as TEI does; no weights."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    model_dir = resolve_model_dir(model_id, revision, cache_dir, token)
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except Exception as exc:  # noqa: BLE001 - any failure here is a startup error with a message
+        raise StartupError(f"{model_dir}: cannot read config.json: {exc}") from None
+    if not (model_dir / "tokenizer.json").is_file():
+        raise StartupError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required, as in TEI)")
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or hardware.default_dtype(device)
+    if dtype not in DTYPES:
+        raise StartupError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if dtype == "float16" and device == "cpu":
+        log.warning("float16 on CPU is slow and inexact; bfloat16 or float32 is better")
+
+    archs = list(getattr(config, "architectures", None) or [])
+    is_classifier = any(a.endswith("ForSequenceClassification") for a in archs)
+    if is_classifier:
+        if pooling:
+            log.warning("--pooling is ignored for classifier and re-ranker models (as in TEI)")
+        pooling = None
+        id2label = {str(k): str(v) for k, v in (config.id2label or {0: "LABEL_0"}).items()}
+        kind = "reranker" if len(id2label) == 1 else "classifier"
+        auto_cls: Any = AutoModelForSequenceClassification
+    else:
+        if pooling is None:
+            pooling = pooling_from_dir(model_dir, config.model_type)
+        if pooling == "splade":
+            raise StartupError("--pooling splade needs a *ForMaskedLM model, which fallback_worker does not serve")
+        if pooling not in POOLINGS:
+            raise StartupError(f"--pooling {pooling!r} is not one of cls, mean, last-token")
+        id2label = {}
+        kind = "embedding"
+        auto_cls = AutoModel
+
+    max_input_length = max_input_length_from_dir(model_dir, config)
+    if max_input_length > max_batch_tokens:
+        if not auto_truncate:
+            raise StartupError(
+                f"`--max-batch-tokens` ({max_batch_tokens}) cannot be lower than the model's max input length "
+                f"({max_input_length}) without --auto-truncate"
+            )
+        log.warning("max_input_length %d > max_batch_tokens; clamping to %d", max_input_length, max_batch_tokens)
+        max_input_length = max_batch_tokens
+
+    raw_tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    pad_id = getattr(config, "pad_token_id", None)
+    if pad_id is None:
+        pad_id = 0
+
+    sparse_file: Path | None = model_dir / "sparse_linear.pt"
+    unused = frozenset[int]()
+    if kind == "embedding" and sparse_file is not None and sparse_file.is_file():
+        # bge-m3 drops these from its lexical weights: they carry no term.
+        unused = frozenset(
+            i for i in (config.bos_token_id, config.eos_token_id, pad_id, raw_tokenizer.token_to_id("<unk>"),
+                        raw_tokenizer.token_to_id("[CLS]"), raw_tokenizer.token_to_id("[SEP]"),
+                        raw_tokenizer.token_to_id("[UNK]"))
+            if i is not None
+        )
+    else:
+        sparse_file = None
+
+    st_config = _read_json(model_dir / "config_sentence_transformers.json") or {}
+    spec = ModelSpec(
+        kind=kind,
+        pooling=pooling,
+        id2label=id2label,
+        max_input_length=max_input_length,
+        hidden_size=int(config.hidden_size),
+        dtype=dtype,
+        device=device,
+        sparse=sparse_file is not None,
+        prompts={str(k): str(v) for k, v in (st_config.get("prompts") or {}).items()},
+    )
+    return ModelFiles(
+        model_dir=model_dir, config=config, spec=spec, tokenizer=TextTokenizer(raw_tokenizer, max_input_length),
+        pad_id=int(pad_id), auto_cls=auto_cls, sparse_file=sparse_file, unused_sparse_ids=unused,
+    )
+
+
+def load_weights(files: ModelFiles, dtype: str) -> torch.nn.Module:
+    """The Hugging Face model in ``dtype`` on the CPU, in eval mode."""
+    try:
+        model: torch.nn.Module = files.auto_cls.from_pretrained(files.model_dir, dtype=DTYPES[dtype])
+    except Exception as exc:  # noqa: BLE001 - any failure here is a startup error with a message
+        raise StartupError(f"{files.model_dir}: cannot load the weights: {exc}") from None
+    return model.eval()
+
+
+def load_sparse_head(files: ModelFiles) -> torch.nn.Linear | None:
+    """bge-m3's lexical head (hidden -> 1), in float32 on the CPU; None for other models."""
+    if files.sparse_file is None:
+        return None
+    state = torch.load(files.sparse_file, map_location="cpu", weights_only=True)
+    linear = torch.nn.Linear(files.config.hidden_size, 1)
+    linear.load_state_dict(state)
+    return linear.eval()
+
+
+def lexical_weights(ids: Sequence[int], weights: np.ndarray, unused: frozenset[int]) -> list[tuple[int, float]]:
+    """bge-m3's sparse output for one input: per token id, its largest positive weight, by id."""
+    best: dict[int, float] = {}
+    for tid, w in zip(ids, weights, strict=True):
+        if tid in unused or w <= 0.0:
+            continue
+        if w > best.get(tid, 0.0):
+            best[tid] = float(w)
+    return sorted(best.items())
+
+
+class BaseEngine:
+    """What the server needs from a loaded model, whatever runs it: the spec, the tokenizer, and
+    ``run(task, batch)`` returning float32 numpy results, one row per input in order."""
+
+    spec: ModelSpec
+    tokenizer: TextTokenizer
+    threads: int | None  # intra-op threads on CPU; None on a GPU
+    # Below this many tokens a batch runs on one forward thread's share of the threads even when it
+    # runs alone: torch splitting so little work across cores costs more in wake-ups than it saves.
+    split_min_tokens = 256
+
+    def embed(self, batch: Sequence[Encoded]) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed_sparse(self, batch: Sequence[Encoded]) -> list[list[tuple[int, float]]]:
+        raise NotImplementedError
+
+    def embed_all(self, batch: Sequence[Encoded]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def classify(self, batch: Sequence[Encoded]) -> np.ndarray:
+        raise NotImplementedError
+
+    def use_threads(self, share: int = 1) -> None:
+        """Called on a forward thread before each batch with how many passes run at once."""
+
+    def default_forward_workers(self) -> int:
+        """Forward passes to run at once when --forward-workers is not given."""
+        return 1 if self.threads is None else min(CPU_FORWARD_WORKERS, self.threads)
+
+    def run(self, task: str, batch: Sequence[Encoded]) -> BatchResult:
+        if task == "embed":
+            return self.embed(batch)
+        if task == "sparse":
+            return self.embed_sparse(batch)
+        if task == "classify":
+            return self.classify(batch)
+        if task == "all":
+            return self.embed_all(batch)
+        raise ValueError(task)
+
+    def task_for_model(self) -> str:
+        return "embed" if self.spec.kind == "embedding" else "classify"
+
+    def health(self) -> None:
+        """A one-token forward pass, as TEI runs after a failure."""
+        self.run(self.task_for_model(), [Encoded([self._filler_id()], [0], 1)])
+
+    def _filler_id(self) -> int:
+        # Any real, non-padding token will do for health checks and warm-up.
+        return 5 if self.tokenizer.plain.get_vocab_size() > 5 else 0
+
+    def warmup_batch(self, max_batch_tokens: int, max_batch_requests: int | None) -> list[Encoded]:
+        """The largest batch TEI would warm up with.
+
+        On CPU that is a single sequence of min(max_input_length, max_batch_tokens) tokens (TEI PR #792): a full
+        max_batch_tokens batch would take minutes on a small CPU for no gain, as CPU memory is not the limit.
+        On CUDA it is max_batch_tokens tokens in sequences of max_input_length, which sets the memory peak.
+        """
+        length = min(self.spec.max_input_length, max_batch_tokens)
+        count = 1
+        if self.spec.device.startswith("cuda"):
+            count = max(1, max_batch_tokens // length)
+            if max_batch_requests:
+                count = min(count, max_batch_requests)
+        token = self._filler_id()
+        return [Encoded([token] * length, [0] * length, length) for _ in range(count)]
+
+    def warmup(self, max_batch_tokens: int, max_batch_requests: int | None) -> tuple[int, int]:
+        """One forward of the warm-up batch; returns (sequences, tokens per sequence)."""
+        batch = self.warmup_batch(max_batch_tokens, max_batch_requests)
+        self.run(self.task_for_model(), batch)
+        return len(batch), len(batch[0].ids)
+
+
+# Two forward passes at once on CPU, each with half of the torch threads. One pass over a batch
+# leaves the cores partly idle: Python module calls, per-op thread wake-ups and barriers, and small
+# matmuls that one core does about as fast as two (a one-input batch took 8 ms on 1 thread and
+# 14 ms on 2). A second pass fills those gaps. See docs/benchmarks.md for the measurements.
+CPU_FORWARD_WORKERS = 2
+
+
+class Engine(BaseEngine):
+    """One model run by torch: packed batches for BERT-family models (packed.py), else padded
+    through the Hugging Face modules."""
 
     def __init__(
         self,
@@ -139,8 +363,10 @@ class Engine:
         # The unpadded pass, where the model's layout allows it and its head is one we can call on
         # packed rows; everything else runs padded through the Hugging Face modules.
         self.packed: PackedEncoder | None = None
+        self._head: Any = None
         if spec.unpadded:
             self.packed = PackedEncoder(model.base_model)
+            self._head = _packed_head(model, spec.kind)
 
     def use_threads(self, share: int = 1) -> None:
         """Size torch's intra-op pool to the CPU quota, split between ``share`` threads that run the
@@ -165,99 +391,24 @@ class Engine:
         unpadded: bool = True,
     ) -> Engine:
         """``unpadded``: run batches packed where the architecture allows it (see packed.py)."""
-        from transformers import (
-            AutoConfig,
-            AutoModel,
-            AutoModelForSequenceClassification,
+        files = describe_model(
+            model_id, revision=revision, dtype=dtype, pooling=pooling, cache_dir=cache_dir, token=token,
+            max_batch_tokens=max_batch_tokens, auto_truncate=auto_truncate, device=device,
         )
+        return cls.from_files(files, unpadded=unpadded)
 
-        model_dir = resolve_model_dir(model_id, revision, cache_dir, token)
-        try:
-            config = AutoConfig.from_pretrained(model_dir)
-        except Exception as exc:  # noqa: BLE001 - any failure here is a startup error with a message
-            raise StartupError(f"{model_dir}: cannot read config.json: {exc}") from None
-        if not (model_dir / "tokenizer.json").is_file():
-            raise StartupError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required, as in TEI)")
-
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = dtype or hardware.default_dtype(device)
-        if dtype not in DTYPES:
-            raise StartupError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-        if dtype == "float16" and device == "cpu":
-            log.warning("float16 on CPU is slow and inexact; bfloat16 or float32 is better")
-
-        archs = list(getattr(config, "architectures", None) or [])
-        is_classifier = any(a.endswith("ForSequenceClassification") for a in archs)
-        if is_classifier:
-            if pooling:
-                log.warning("--pooling is ignored for classifier and re-ranker models (as in TEI)")
-            pooling = None
-            id2label = {str(k): str(v) for k, v in (config.id2label or {0: "LABEL_0"}).items()}
-            kind = "reranker" if len(id2label) == 1 else "classifier"
-            auto_cls: Any = AutoModelForSequenceClassification
-        else:
-            if pooling is None:
-                pooling = pooling_from_dir(model_dir, config.model_type)
-            if pooling == "splade":
-                raise StartupError("--pooling splade needs a *ForMaskedLM model, which fallback_worker does not serve")
-            if pooling not in POOLINGS:
-                raise StartupError(f"--pooling {pooling!r} is not one of cls, mean, last-token")
-            id2label = {}
-            kind = "embedding"
-            auto_cls = AutoModel
-
-        max_input_length = max_input_length_from_dir(model_dir, config)
-        if max_input_length > max_batch_tokens:
-            if not auto_truncate:
-                raise StartupError(
-                    f"`--max-batch-tokens` ({max_batch_tokens}) cannot be lower than the model's max input length "
-                    f"({max_input_length}) without --auto-truncate"
-                )
-            log.warning("max_input_length %d > max_batch_tokens; clamping to %d", max_input_length, max_batch_tokens)
-            max_input_length = max_batch_tokens
-
-        try:
-            model = auto_cls.from_pretrained(model_dir, dtype=DTYPES[dtype])
-        except Exception as exc:  # noqa: BLE001 - any failure here is a startup error with a message
-            raise StartupError(f"{model_dir}: cannot load the weights: {exc}") from None
-        model = model.to(device).eval()
-
-        raw_tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        tokenizer = TextTokenizer(raw_tokenizer, max_input_length)
-        pad_id = getattr(config, "pad_token_id", None)
-        if pad_id is None:
-            pad_id = 0
-
-        sparse_linear, unused = None, frozenset[int]()
-        sparse_file = model_dir / "sparse_linear.pt"
-        if kind == "embedding" and sparse_file.is_file():
-            state = torch.load(sparse_file, map_location="cpu", weights_only=True)
-            sparse_linear = torch.nn.Linear(config.hidden_size, 1)
-            sparse_linear.load_state_dict(state)
-            sparse_linear = sparse_linear.to(device=device, dtype=DTYPES[dtype]).eval()
-            # bge-m3 drops these from its lexical weights: they carry no term.
-            unused = frozenset(
-                i for i in (config.bos_token_id, config.eos_token_id, pad_id, raw_tokenizer.token_to_id("<unk>"),
-                            raw_tokenizer.token_to_id("[CLS]"), raw_tokenizer.token_to_id("[SEP]"),
-                            raw_tokenizer.token_to_id("[UNK]"))
-                if i is not None
-            )
-
-        st_config = _read_json(model_dir / "config_sentence_transformers.json") or {}
-        unpadded = unpadded and PackedEncoder.supports(model.base_model) and _packed_head(model, kind) is not None
-        spec = ModelSpec(
-            kind=kind,
-            pooling=pooling,
-            id2label=id2label,
-            max_input_length=max_input_length,
-            hidden_size=int(config.hidden_size),
-            dtype=dtype,
-            device=device,
-            sparse=sparse_linear is not None,
-            prompts={str(k): str(v) for k, v in (st_config.get("prompts") or {}).items()},
-            unpadded=unpadded,
+    @classmethod
+    def from_files(cls, files: ModelFiles, *, unpadded: bool = True) -> Engine:
+        spec = files.spec
+        model = load_weights(files, spec.dtype).to(spec.device)
+        sparse_linear = load_sparse_head(files)
+        if sparse_linear is not None:
+            sparse_linear = sparse_linear.to(device=spec.device, dtype=DTYPES[spec.dtype])
+        unpadded = unpadded and PackedEncoder.supports(model.base_model) and _packed_head(model, spec.kind) is not None
+        return cls(
+            model, files.tokenizer, replace(spec, unpadded=unpadded), pad_id=files.pad_id,
+            sparse_linear=sparse_linear, unused_sparse_ids=files.unused_sparse_ids,
         )
-        return cls(model, tokenizer, spec, pad_id=int(pad_id), sparse_linear=sparse_linear, unused_sparse_ids=unused)
 
     # ---- forward passes ------------------------------------------------------------------
     def _pad(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
@@ -330,16 +481,7 @@ class Engine:
         if linear is None:
             raise RuntimeError("this model has no sparse head")
         rows = self._token_rows(batch, lambda h: torch.relu(linear(h)).squeeze(-1))
-        out: list[list[tuple[int, float]]] = []
-        for enc, weights in zip(batch, rows, strict=True):
-            best: dict[int, float] = {}
-            for tid, w in zip(enc.ids, weights, strict=True):
-                if tid in self.unused_sparse_ids or w <= 0.0:
-                    continue
-                if w > best.get(tid, 0.0):
-                    best[tid] = float(w)
-            out.append(sorted(best.items()))
-        return out
+        return [lexical_weights(enc.ids, w, self.unused_sparse_ids) for enc, w in zip(batch, rows, strict=True)]
 
     @torch.inference_mode()
     def embed_all(self, batch: Sequence[Encoded]) -> list[np.ndarray]:
@@ -351,51 +493,14 @@ class Engine:
         """Raw logits [batch, labels] in float32."""
         if self.packed is not None:
             hidden, layout = self._pack(batch)
-            head = _packed_head(self.model, self.spec.kind)
-            assert head is not None
-            logits: torch.Tensor = head(PackedEncoder.first_tokens(hidden, layout))
+            logits: torch.Tensor = self._head(PackedEncoder.first_tokens(hidden, layout))
         else:
             logits = self.model(**self._pad(batch)).logits
         scores: np.ndarray = logits.float().cpu().numpy()
         return scores
 
-    def run(self, task: str, batch: Sequence[Encoded]) -> BatchResult:
-        if task == "embed":
-            return self.embed(batch)
-        if task == "sparse":
-            return self.embed_sparse(batch)
-        if task == "classify":
-            return self.classify(batch)
-        if task == "all":
-            return self.embed_all(batch)
-        raise ValueError(task)
-
-    def task_for_model(self) -> str:
-        return "embed" if self.spec.kind == "embedding" else "classify"
-
-    def health(self) -> None:
-        """A one-token forward pass, as TEI runs after a failure."""
-        self.run(self.task_for_model(), [Encoded([self._filler_id()], [0], 1)])
-
-    def _filler_id(self) -> int:
-        # Any real, non-padding token will do for health checks and warm-up.
-        return 5 if self.tokenizer.plain.get_vocab_size() > 5 else 0
-
     def warmup(self, max_batch_tokens: int, max_batch_requests: int | None) -> tuple[int, int]:
-        """One forward of the largest batch TEI would warm up with; returns (sequences, tokens per sequence).
-
-        On CPU that is a single sequence of min(max_input_length, max_batch_tokens) tokens (TEI PR #792): a full
-        max_batch_tokens batch would take minutes on a small CPU for no gain, as CPU memory is not the limit.
-        On CUDA it is max_batch_tokens tokens in sequences of max_input_length, which sets the memory peak.
-        """
-        length = min(self.spec.max_input_length, max_batch_tokens)
-        count = 1
-        if self.device.type == "cuda":
-            count = max(1, max_batch_tokens // length)
-            if max_batch_requests:
-                count = min(count, max_batch_requests)
-        token = self._filler_id()
-        batch = [Encoded([token] * length, [0] * length, length) for _ in range(count)]
+        batch = self.warmup_batch(max_batch_tokens, max_batch_requests)
         try:
             self.run(self.task_for_model(), batch)
         except Exception as exc:  # any failure of the packed pass: fall back to padded, or fail as before
@@ -407,7 +512,7 @@ class Engine:
             self.packed = None
             self.spec = replace(self.spec, unpadded=False)
             self.run(self.task_for_model(), batch)
-        return count, length
+        return len(batch), len(batch[0].ids)
 
 
 def _packed_head(model: Any, kind: str) -> Any:

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from . import TEI_API_VERSION, __version__, schemas
 from .batcher import Batcher
 from .config import WorkerConfig
-from .engine import Engine
+from .engine import BaseEngine
 from .errors import BackendError, BodyError, TEIError
 from .metrics import Metrics
 from .service import ClientGone, Service, Timings
@@ -59,11 +59,6 @@ def tei_error(exc: TEIError, openai: bool) -> Response:
 
 
 CPU_MAX_BATCH_REQUESTS = 16
-# Two forward passes at once on CPU, each with half of the torch threads. One pass over a batch
-# leaves the cores partly idle: Python module calls, per-op thread wake-ups and barriers, and small
-# matmuls that one core does about as fast as two (a one-input batch took 8 ms on 1 thread and
-# 14 ms on 2). A second pass fills those gaps. See docs/benchmarks.md for the measurements.
-CPU_FORWARD_WORKERS = 2
 
 Handler = Callable[[Any, Request, Timings], Awaitable[tuple[Any, str]]]
 
@@ -94,7 +89,7 @@ def public_model_id(model_id: str) -> str:
 class App:
     """Holds the service and turns handlers into Starlette endpoints with TEI's plumbing."""
 
-    def __init__(self, engine: Engine, config: WorkerConfig, *, tokenization_workers: int) -> None:
+    def __init__(self, engine: BaseEngine, config: WorkerConfig, *, tokenization_workers: int) -> None:
         self.engine = engine
         self.config = config
         self.metrics = Metrics(engine.spec.max_input_length)
@@ -107,7 +102,7 @@ class App:
             self.max_batch_requests = CPU_MAX_BATCH_REQUESTS
         forward_workers = config.forward_workers
         if forward_workers is None:
-            forward_workers = 1 if engine.threads is None else min(CPU_FORWARD_WORKERS, engine.threads)
+            forward_workers = engine.default_forward_workers()
         self.batcher = Batcher(
             engine, self.metrics, max_batch_tokens=config.max_batch_tokens, max_batch_requests=self.max_batch_requests,
             forward_workers=forward_workers,
@@ -354,6 +349,8 @@ class App:
                 "version": __version__,
                 "tei_api_version": TEI_API_VERSION,
                 "device": spec.device,
+                "engine": spec.engine,
+                "forward_workers": self.batcher.forward_workers,
                 "sparse_embeddings": spec.sparse,
                 "unpadded": spec.unpadded,
                 "rerank_mode": cfg.rerank_mode if spec.kind == "embedding" else "cross-encoder",
@@ -427,6 +424,6 @@ class App:
         return Starlette(routes=routes, middleware=middleware, lifespan=self.lifespan)
 
 
-def create_app(engine: Engine, config: WorkerConfig, *, tokenization_workers: int = 1) -> Starlette:
+def create_app(engine: BaseEngine, config: WorkerConfig, *, tokenization_workers: int = 1) -> Starlette:
     """The ASGI app for a loaded engine; the batcher starts and stops with the app's lifespan."""
     return App(engine, config, tokenization_workers=tokenization_workers).build()

@@ -17,7 +17,7 @@ import numpy as np
 
 from .batcher import Batcher, Permits
 from .config import WorkerConfig
-from .engine import Engine, normalize_rows, sigmoid, softmax
+from .engine import BaseEngine, normalize_rows, sigmoid, softmax
 from .errors import BackendError, EmptyError, OverloadedError, ValidationError
 from .metrics import Metrics
 from .tokenization import Encoded, TextInput
@@ -52,7 +52,9 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 
 class Service:
-    def __init__(self, engine: Engine, config: WorkerConfig, metrics: Metrics, batcher: Batcher, workers: int) -> None:
+    def __init__(
+        self, engine: BaseEngine, config: WorkerConfig, metrics: Metrics, batcher: Batcher, workers: int
+    ) -> None:
         self.engine = engine
         self.config = config
         self.metrics = metrics

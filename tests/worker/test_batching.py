@@ -125,7 +125,7 @@ def test_two_forward_threads_run_two_batches_at_once(embedder_engine) -> None:
 
 def test_a_batch_alone_gets_all_threads_and_batches_together_split_them(embedder_engine) -> None:
     """One client's big request runs on every torch thread; concurrent batches, and tiny ones, share."""
-    from fallback_worker.batcher import SPLIT_MIN_TOKENS, Batcher
+    from fallback_worker.batcher import Batcher
     from fallback_worker.metrics import Metrics
 
     shares: list[tuple[int, int]] = []  # (tokens in the batch, forward passes sharing the threads)
@@ -151,7 +151,7 @@ def test_a_batch_alone_gets_all_threads_and_batches_together_split_them(embedder
         finally:
             batcher.stop()
 
-    big = SPLIT_MIN_TOKENS // 8 + 1
+    big = embedder_engine.split_min_tokens // 8 + 1
     asyncio.run(scenario([big] * 8, max_batch_requests=16))  # one batch, alone
     assert shares == [(big * 8, 1)]
     shares.clear()
