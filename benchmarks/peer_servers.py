@@ -77,13 +77,16 @@ class InfinitySetting:
 
 # Infinity 0.0.78's defaults are torch, dtype auto (float32 on CPU), batch size 32, warm-up on.
 # bfloat16 is its fastest torch setting on a CPU with AVX-512 BF16; ONNX Runtime (`optimum`, with
-# Infinity's own graph optimization) is what its maintainer recommends for CPU; a smaller batch
-# pads less when requests arrive one input at a time.
+# Infinity's own graph optimization) is what its maintainer recommends for CPU, and Infinity runs it
+# on ONNX Runtime's OpenVINO provider whenever onnxruntime-openvino is installed instead of
+# onnxruntime (`optimum-openvino`, its own venv); a smaller batch pads less when requests arrive
+# one input at a time. Its default, torch float32, was the slowest in every scenario of the
+# 2026-11-30 runs (docs/figures/worker-vs-infinity/quiet.json): `--infinity torch:float32:32`.
 DEFAULT_INFINITY_SETTINGS = (
     InfinitySetting("torch", "bfloat16", 32),
     InfinitySetting("torch", "bfloat16", 16),
-    InfinitySetting("torch", "float32", 32),
     InfinitySetting("optimum", "float32", 32),
+    InfinitySetting("optimum-openvino", "float32", 32),
 )
 
 

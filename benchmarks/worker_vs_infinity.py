@@ -3,6 +3,10 @@
     # once: Infinity 0.0.78 in its own venv (it needs transformers<5), CPU torch, ONNX Runtime
     python3 -m venv /tmp/infvenv
     /tmp/infvenv/bin/pip install torch==2.13.0 'infinity-emb[server,torch,optimum]==0.0.78' 'transformers<5'
+    # and again with ONNX Runtime's OpenVINO build, which Infinity then uses on CPU
+    python3 -m venv /tmp/infvenv-ov
+    /tmp/infvenv-ov/bin/pip install torch==2.13.0 'infinity-emb[server,torch,optimum]==0.0.78' 'transformers<5'
+    /tmp/infvenv-ov/bin/pip uninstall -y onnxruntime && /tmp/infvenv-ov/bin/pip install onnxruntime-openvino==1.24.1
     # the comparison, quiet host (about 35 minutes with the defaults)
     PYTHONPATH=$PWD python3 benchmarks/worker_vs_infinity.py --out quiet.json
     # the same under a fixed background load: one busy process pinned to one core
@@ -18,9 +22,13 @@ first goes later next time. Figures per scenario: median and min-max over the ro
 (inputs/s: texts embedded or documents scored) and of each round's p50 and p99 request latency.
 
 Peers. Infinity is tried in every configuration of --infinity (engine:dtype:batch size; by default
-torch bfloat16 at batch 32 and 16, torch float32, and optimum, ONNX Runtime with Infinity's graph
-optimization, when its venv has it); "Infinity's best" in a scenario is the configuration with the
-highest median throughput there. Every command line is printed and stored in the JSON.
+torch bfloat16 at batch 32 and 16, and optimum, ONNX Runtime on an O2-optimized export, with its CPU
+provider and with its OpenVINO provider, when their venvs have them); "Infinity's best" in a
+scenario is the configuration with the highest median throughput there. Every command line is
+printed and stored in the JSON.
+
+The worker runs with its default engine (--worker-engine auto: OpenVINO where installed); more
+engines after the first are measured too, as worker-ENGINE, for reference, and are not peers.
 
 Models. Embed: the packaged all-MiniLM-L6-v2. Rerank: a random-weight XLM-R sequence classifier
 shaped like bge-reranker-v2-m3 scaled down (benchmarks/shaped_models.py, CPU_RERANKER_CONFIG),

@@ -69,9 +69,8 @@ def _telemetry_off() -> Iterator[None]:
 def _openvino() -> Any:
     """The openvino module, imported with its telemetry off (every import here goes through this)."""
     with _telemetry_off():
-        import openvino
-
-        import openvino.tools.ovc  # noqa: F401 - the converter creates its own telemetry object
+        # The converter (openvino.tools.ovc) sets up its own telemetry when it is first imported.
+        import openvino.tools.ovc
     return openvino
 
 
