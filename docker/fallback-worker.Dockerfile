@@ -35,7 +35,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY tei_manager ./tei_manager
 COPY fallback_worker ./fallback_worker
-RUN PIP_CONSTRAINT=/tmp/constraints.txt pip install '.[worker,openvino]' \
+RUN PIP_CONSTRAINT=/tmp/constraints.txt pip install '.[worker]' \
  && rm -rf /src /tmp/constraints.txt
 
 COPY docker/healthcheck.py /usr/local/bin/tei-worker-healthcheck

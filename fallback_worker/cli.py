@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--unpadded", envvar="FALLBACK_UNPADDED", type=parse_bool, default=True, nargs="?", const=True,
         help="run BERT-family models on packed tokens without padding (false: padded batches through transformers)")
     add("--engine", envvar="FALLBACK_ENGINE", default="auto", choices=["auto", "torch", "openvino"],
-        help="what runs the model: torch, OpenVINO (CPU only; pip install 'tei-manager[openvino]'), "
+        help="what runs the model: torch, OpenVINO (CPU only; in the [worker] extra), "
              "or auto: OpenVINO on the CPU when installed, else torch")
     add("--openvino-cache-dir", envvar="FALLBACK_OPENVINO_CACHE_DIR", default=str(default_openvino_cache()),
         help="where converted models and compiled blobs are kept between starts ('' keeps none)")

@@ -75,7 +75,7 @@ def _openvino() -> Any:
 
 
 def available() -> bool:
-    """Whether the openvino package is installed (``pip install 'tei-manager[openvino]'``)."""
+    """Whether the openvino package is installed (in the ``worker`` extra)."""
     try:
         _openvino()
     except ImportError:

@@ -70,8 +70,7 @@ class Target:
 
 
 TARGETS = {
-    "worker": Target(package="fallback_worker", script="tei-fallback-worker", extras=("worker", "openvino"),
-                     core=False,
+    "worker": Target(package="fallback_worker", script="tei-fallback-worker", extras=("worker",), core=False,
                      healthcheck="tei-worker-healthcheck", user="worker", title="fallback worker"),
     "gateway": Target(package="tei_manager", script="tei-manager", extras=("redis", "kubernetes"), core=True,
                       healthcheck="tei-manager-healthcheck", user="tei-manager", title="tei-manager gateway"),

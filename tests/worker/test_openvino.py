@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-pytest.importorskip("openvino", reason="the openvino extra is not installed")
+pytest.importorskip("openvino", reason="openvino (the [worker] extra's CPU engine) is not installed")
 
 from fallback_worker import openvino_engine
 from fallback_worker.config import WorkerConfig
@@ -154,7 +154,7 @@ def test_engine_choice(tiny_embedder_dir: Path, tmp_path: Path, monkeypatch: pyt
     # auto on a host without the package is torch; asked for by name, it says how to install it.
     monkeypatch.setattr(openvino_engine, "available", lambda: False)
     assert load_engine(WorkerConfig(**{**config.__dict__, "engine": "auto"})).spec.engine == "torch"
-    with pytest.raises(StartupError, match=r"pip install 'tei-manager\[openvino\]'"):
+    with pytest.raises(StartupError, match=r"pip install 'tei-manager\[worker\]'"):
         load_engine(WorkerConfig(**{**config.__dict__, "engine": "openvino"}))
 
 
