@@ -160,8 +160,8 @@ class OpenVinoEngine(BaseEngine):
     Two compilations of one model, because OpenVINO fixes a stream's threads at compile time: one
     stream with every thread, for a batch that runs alone (one input: 5.6 ms on two threads
     against 10.7 on one), and one stream per forward thread with the threads split, for batches
-    that run at once (32 clients: 286 inputs/s against 253). ``use_threads`` picks per batch, as
-    it sizes torch's pool for the torch engine.
+    that run at once (32 clients x 1 input: 268-281 inputs/s against 240-258 on the one stream).
+    ``use_threads`` picks per batch, as it sizes torch's pool for the torch engine.
     """
 
     # A lone batch gets every thread however small it is: OpenVINO's kernels split even one
