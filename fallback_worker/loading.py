@@ -34,7 +34,9 @@ def load_engine(config: WorkerConfig) -> BaseEngine:
         choice = "openvino" if files.spec.device == "cpu" and openvino_engine.available() else "torch"
     if choice == "openvino":
         if not openvino_engine.available():
-            raise StartupError("--engine openvino needs the openvino package: pip install 'tei-manager[worker]' (or openvino)")
+            raise StartupError(
+                "--engine openvino needs the openvino package: pip install 'tei-manager[worker]' (or openvino)"
+            )
         cache_dir = Path(config.openvino_cache_dir).expanduser() if config.openvino_cache_dir else None
         try:
             return openvino_engine.OpenVinoEngine.from_files(
