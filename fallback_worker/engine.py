@@ -376,26 +376,10 @@ class Engine(BaseEngine):
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
-    def load(
-        cls,
-        model_id: str,
-        *,
-        revision: str | None = None,
-        dtype: str | None = None,
-        pooling: str | None = None,
-        cache_dir: str | None = None,
-        token: str | None = None,
-        max_batch_tokens: int = 16384,
-        auto_truncate: bool = True,
-        device: str | None = None,
-        unpadded: bool = True,
-    ) -> Engine:
-        """``unpadded``: run batches packed where the architecture allows it (see packed.py)."""
-        files = describe_model(
-            model_id, revision=revision, dtype=dtype, pooling=pooling, cache_dir=cache_dir, token=token,
-            max_batch_tokens=max_batch_tokens, auto_truncate=auto_truncate, device=device,
-        )
-        return cls.from_files(files, unpadded=unpadded)
+    def load(cls, model_id: str, *, unpadded: bool = True, **options: Any) -> Engine:
+        """``options``: describe_model's (revision, dtype, pooling, device, ...). ``unpadded``: run
+        batches packed where the architecture allows it (see packed.py)."""
+        return cls.from_files(describe_model(model_id, **options), unpadded=unpadded)
 
     @classmethod
     def from_files(cls, files: ModelFiles, *, unpadded: bool = True) -> Engine:
