@@ -252,6 +252,24 @@ def lexical_weights(ids: Sequence[int], weights: np.ndarray, unused: frozenset[i
     return sorted(best.items())
 
 
+def padded_inputs(batch: Sequence[Encoded], pad_id: int, *, type_ids: bool) -> dict[str, np.ndarray]:
+    """A batch as the model's [batch, longest] int64 inputs: ids, attention mask and (when the
+    model takes them) token type ids, padding after each input."""
+    longest = max(len(e.ids) for e in batch)
+    ids = np.full((len(batch), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch), longest), dtype=np.int64)
+    types = np.zeros((len(batch), longest), dtype=np.int64)
+    for row, enc in enumerate(batch):
+        n = len(enc.ids)
+        ids[row, :n] = enc.ids
+        mask[row, :n] = 1
+        types[row, :n] = enc.type_ids
+    arrays = {"input_ids": ids, "attention_mask": mask}
+    if type_ids:
+        arrays["token_type_ids"] = types
+    return arrays
+
+
 class BaseEngine:
     """What the server needs from a loaded model, whatever runs it: the spec, the tokenizer, and
     ``run(task, batch)`` returning float32 numpy results, one row per input in order."""
@@ -396,19 +414,8 @@ class Engine(BaseEngine):
 
     # ---- forward passes ------------------------------------------------------------------
     def _pad(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
-        longest = max(len(e.ids) for e in batch)
-        ids = np.full((len(batch), longest), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(batch), longest), dtype=np.int64)
-        types = np.zeros((len(batch), longest), dtype=np.int64)
-        for row, enc in enumerate(batch):
-            n = len(enc.ids)
-            ids[row, :n] = enc.ids
-            mask[row, :n] = 1
-            types[row, :n] = enc.type_ids
-        tensors = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-        if self._wants_type_ids:
-            tensors["token_type_ids"] = torch.from_numpy(types)
-        return {k: v.to(self.device, non_blocking=True) for k, v in tensors.items()}
+        arrays = padded_inputs(batch, self.pad_id, type_ids=self._wants_type_ids)
+        return {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in arrays.items()}
 
     @torch.inference_mode()
     def _hidden(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -37,7 +37,16 @@ from typing import Any
 import numpy as np
 
 from . import hardware
-from .engine import CPU_FORWARD_WORKERS, DTYPES, BaseEngine, ModelFiles, lexical_weights, load_sparse_head, load_weights
+from .engine import (
+    CPU_FORWARD_WORKERS,
+    DTYPES,
+    BaseEngine,
+    ModelFiles,
+    lexical_weights,
+    load_sparse_head,
+    load_weights,
+    padded_inputs,
+)
 from .errors import StartupError
 from .tokenization import Encoded
 
@@ -243,18 +252,7 @@ class OpenVinoEngine(BaseEngine):
     def _forward(self, batch: Sequence[Encoded]) -> tuple[np.ndarray, np.ndarray]:
         """The chosen output for a padded batch, and the lengths of its inputs."""
         lengths = np.fromiter((len(e.ids) for e in batch), dtype=np.int64, count=len(batch))
-        longest = int(lengths.max())
-        ids = np.full((len(batch), longest), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(batch), longest), dtype=np.int64)
-        for row, enc in enumerate(batch):
-            ids[row, : len(enc.ids)] = enc.ids
-            mask[row, : len(enc.ids)] = 1
-        inputs = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self._input_names:
-            types = np.zeros_like(ids)
-            for row, enc in enumerate(batch):
-                types[row, : len(enc.ids)] = enc.type_ids
-            inputs["token_type_ids"] = types
+        inputs = padded_inputs(batch, self.pad_id, type_ids="token_type_ids" in self._input_names)
         result = self._request().infer(inputs)
         # The output tensor is the request's own buffer, overwritten by its next batch: copy it.
         return np.array(result[self._output], dtype=np.float32), lengths
