@@ -67,11 +67,6 @@ class Job:
         return len(self.encoded.ids)
 
 
-# What one extra forward pass costs, in padded tokens: the per-call work (Python module calls,
-# kernel launches, small matmuls that use the cores badly). Measured on all-MiniLM-L6-v2 on CPU,
-# where batch 8 vs 16 of equal lengths differs by about this much; it only has to be the right
-# order of magnitude for the split below to beat both "fill every batch" and "equal-length batches".
-BATCH_OVERHEAD_TOKENS = 128
 # On the unpadded path, what one padded slot costs relative to a real token: attention and its
 # gathers still run on [count, longest]; per slot that is about longest / (6 x hidden) of a
 # layer's work (4·L·H attention FLOPs against 24·H² for the projections and the feed-forward),
@@ -80,11 +75,17 @@ ATTENTION_SHARE = 1 / 16
 
 
 def plan_batches(
-    jobs: Sequence[Job], max_batch_tokens: int, max_batch_requests: int | None, *, padded: bool = True
+    jobs: Sequence[Job],
+    max_batch_tokens: int,
+    max_batch_requests: int | None,
+    *,
+    padded: bool = True,
+    overhead_tokens: int = BaseEngine.batch_overhead_tokens,
 ) -> list[list[Job]]:
     """Sort by (task, length) and split into batches at the least total cost.
 
-    A padded batch costs count x longest tokens + BATCH_OVERHEAD_TOKENS. Filling each batch
+    A padded batch costs count x longest tokens + the engine's ``overhead_tokens`` (what one more
+    forward pass costs, BaseEngine.batch_overhead_tokens). Filling each batch
     greedily pads short inputs up to the long ones that happen to follow them; a dynamic program
     over the sorted lengths finds the cheapest cut points instead, within --max-batch-tokens and
     --max-batch-requests. O(n x cap) for a window of n inputs.
@@ -101,13 +102,15 @@ def plan_batches(
         end = start
         while end < len(ordered) and ordered[end].task == ordered[start].task:
             end += 1
-        batches.extend(_cheapest_split(ordered[start:end], max_batch_tokens, max_batch_requests, padded))
+        batches.extend(
+            _cheapest_split(ordered[start:end], max_batch_tokens, max_batch_requests, padded, overhead_tokens)
+        )
         start = end
     return batches
 
 
 def _cheapest_split(
-    ordered: list[Job], max_batch_tokens: int, max_batch_requests: int | None, padded: bool
+    ordered: list[Job], max_batch_tokens: int, max_batch_requests: int | None, padded: bool, overhead_tokens: int
 ) -> list[list[Job]]:
     n = len(ordered)
     cap = n if max_batch_requests is None else max(1, max_batch_requests)
@@ -124,7 +127,7 @@ def _cheapest_split(
             if count > 1 and layout > max_batch_tokens:
                 break  # longer batches ending at j only get bigger
             tokens = layout if padded else prefix[j] - prefix[i] + layout * ATTENTION_SHARE
-            cost = best[i] + tokens + BATCH_OVERHEAD_TOKENS
+            cost = best[i] + tokens + overhead_tokens
             if cost < best[j]:
                 best[j], cut[j] = cost, i
     batches: list[list[Job]] = []
@@ -231,7 +234,8 @@ class Batcher:
                 take = len(self._queue) if self.window is None else self.window
                 snapshot, self._queue = self._queue[:take], self._queue[take:]
                 self._planned.extend(
-                    plan_batches(snapshot, self.max_batch_tokens, self.max_batch_requests, padded=self.padded)
+                    plan_batches(snapshot, self.max_batch_tokens, self.max_batch_requests, padded=self.padded,
+                                 overhead_tokens=self.engine.batch_overhead_tokens)
                 )
                 self.metrics.queue_size.set(len(self._queue))
                 if len(self._planned) > 1:

@@ -176,6 +176,11 @@ class OpenVinoEngine(BaseEngine):
     # A lone batch gets every thread however small it is: OpenVINO's kernels split even one
     # input's work well (see above).
     split_min_tokens = 0
+    # A compiled call costs far less than torch's eager one: with 32 here, one client's 16 inputs
+    # (split into two batches that run at once) did 270-280 inputs/s in the model alone against
+    # 230-245 with torch's 128 (bigger, unevenly padded halves), and 16 was no better than 32
+    # (docs/benchmarks.md, "Batch cost").
+    batch_overhead_tokens = 32
 
     def __init__(self, compiled: dict[int, Any], files: ModelFiles, *, streams: int, threads: int) -> None:
         self.compiled = compiled  # passes at once -> the compiled model for that share

@@ -49,6 +49,47 @@ def test_request_cap_and_tasks_do_not_mix() -> None:
     assert sum(len(b) for b in batches) == 7
 
 
+def test_a_cheaper_forward_pass_splits_a_request_into_tighter_batches(embedder_engine) -> None:
+    """The batcher weighs padding against the engine's cost of one more forward pass: with torch's,
+    one client's 16 inputs run as one batch padded to 30 tokens; with OpenVINO's cheaper call, as
+    two batches of equal lengths (less padding, and on CPU two passes run at once)."""
+    from dataclasses import replace
+
+    from fallback_worker.batcher import Batcher
+    from fallback_worker.metrics import Metrics
+    from fallback_worker.openvino_engine import OpenVinoEngine
+
+    lengths = [20] * 8 + [30] * 8
+    assert len(plan_batches(_jobs(lengths), 16384, 16, overhead_tokens=embedder_engine.batch_overhead_tokens)) == 1
+
+    batches: list[list[int]] = []
+
+    class CheapCalls:
+        # The real engine, with OpenVINO's per-call cost and padded batches; records each batch's
+        # input lengths.
+        batch_overhead_tokens = OpenVinoEngine.batch_overhead_tokens
+        spec = replace(embedder_engine.spec, unpadded=False)
+
+        def __getattr__(self, name: str):
+            return getattr(embedder_engine, name)
+
+        def run(self, task, batch):
+            batches.append([len(e.ids) for e in batch])
+            return embedder_engine.run(task, batch)
+
+    async def scenario() -> None:
+        batcher = Batcher(CheapCalls(), Metrics(64), max_batch_tokens=16384, max_batch_requests=16)  # type: ignore[arg-type]
+        batcher.start(asyncio.get_running_loop())
+        try:
+            jobs = batcher.submit("embed", [Encoded([5] * n, [0] * n, n) for n in lengths])
+            await asyncio.gather(*(j.future for j in jobs))
+        finally:
+            batcher.stop()
+
+    asyncio.run(scenario())
+    assert sorted(batches) == [[20] * 8, [30] * 8]
+
+
 def test_windows_serve_the_queue_in_arrival_order(embedder_engine) -> None:
     """A request that arrived early is not overtaken by later, shorter ones beyond its window."""
     import threading
