@@ -35,7 +35,9 @@ shaped like bge-reranker-v2-m3 scaled down (benchmarks/shaped_models.py, CPU_RER
 built into --workdir. Texts: 512 sentences of 8-64 words (--corpus legacy: the older harness's).
 
 Also measured in the same run: the in-process ceiling (benchmarks/inprocess_ceiling.py) and
-server / ceiling at 32 clients x 1 input (goal >= 0.8), and bfloat16 vs float32 (embed cosine >=
+server / ceiling at 32 clients x 1 input (goal >= 0.8); per scenario, the traffic ceiling (the
+worker's batcher and engine alone on that scenario's requests, no HTTP), the worker's share of it
+and the share 2x Infinity would need; and bfloat16 vs float32 (embed cosine >=
 0.995, rerank score difference <= 0.02). Goals of the comparison: the worker >= 2x Infinity's best
 throughput (>= 1.5x with --background-load) at an equal or better p99, in every scenario.
 """
@@ -186,12 +188,13 @@ def build_suites(args: argparse.Namespace, workdir: Path) -> list[Suite]:
 
 # ---- measuring ----------------------------------------------------------------------------------
 def inprocess_ceiling(suite: Suite, workdir: Path, seconds: float, engine: str) -> dict[str, Any]:
-    """The model alone in the worker's engine (benchmarks/inprocess_ceiling.py in a child process)
-    and its accuracy check."""
+    """The model alone in the worker's engine (benchmarks/inprocess_ceiling.py in a child process),
+    its accuracy check, and each scenario's traffic ceiling."""
     inputs = workdir / f"{suite.name}-inputs.json"
     inputs.write_text(json.dumps({"texts": suite.texts, "queries": suite.queries}))
     cmd = [sys.executable, str(HERE / "inprocess_ceiling.py"), "--kind", suite.name, "--model", str(suite.model),
-           "--inputs", str(inputs), "--seconds", str(seconds), "--engine", engine]
+           "--inputs", str(inputs), "--seconds", str(seconds), "--engine", engine,
+           "--traffic", *(s.key for s in suite.scenarios)]
     say("$ " + " ".join(cmd))
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -314,11 +317,25 @@ def report_suite(suite: Suite, raw: dict[str, dict[str, list[Result]]], ceiling:
         for name, s in per_server.items():
             say(f"  {name:<34} {fmt(s)}")
         verdict = compare(per_server, goal)
-        comparisons[scenario.key] = verdict
         if verdict:
             say(f"  -> worker / {verdict['infinity_best']} = {verdict['ratio']:.2f}x (goal >= {goal}x), "
                 f"p99 {'not worse' if verdict['p99_not_worse'] else 'WORSE'}: {'PASS' if verdict['pass'] else 'FAIL'}")
+            traffic = ceiling.get("traffic", {}).get(scenario.key)
+            if traffic:
+                verdict |= traffic_verdict(per_server, verdict, traffic, goal)
+        comparisons[scenario.key] = verdict
     return {"servers": stats, "comparison": comparisons, "ceiling": ceiling_verdict(suite, stats, ceiling)}
+
+
+def traffic_verdict(per_server: dict[str, dict[str, Any]], verdict: dict[str, Any], traffic: float,
+                    goal: float) -> dict[str, Any]:
+    """The worker and the goal against the batcher and engine alone on this scenario's traffic."""
+    worker = per_server["worker"]["throughput"]["median"]
+    needed = goal * per_server[verdict["infinity_best"]]["throughput"]["median"]
+    say(f"  -> model alone on this traffic (worker's batcher, no HTTP): {traffic:.1f} inputs/s; the worker reaches "
+        f"{worker / traffic:.2f} of it; {goal}x Infinity's best needs {needed:.1f} = {needed / traffic:.2f} of it")
+    return {"traffic_ceiling": traffic, "worker_over_traffic_ceiling": worker / traffic,
+            "goal_over_traffic_ceiling": needed / traffic}
 
 
 def rounds_done(raw: dict[str, dict[str, list[Result]]]) -> int:
