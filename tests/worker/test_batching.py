@@ -93,7 +93,7 @@ def test_a_cheaper_forward_pass_splits_a_request_into_tighter_batches(embedder_e
 def test_one_client_at_a_time_is_served_by_one_forward_thread(embedder_engine) -> None:
     """With two forward threads and one request at a time, every batch after the first runs on the
     same thread: the one that just finished is asked first, rather than the one parked longest
-    (OpenVINO ran one input 10-25% slower when each call came from the other thread)."""
+    (OpenVINO ran one input up to 23% slower when each call came from the other thread)."""
     import threading
 
     from fallback_worker.batcher import Batcher
