@@ -5,7 +5,7 @@ the bfloat16-to-float32 accuracy check. Run by worker_vs_infinity.py; prints one
         --traffic 1x16 32x1
 
 Ceiling: each pass tokenizes every input (the fallback worker's tokenizer, truncating), sorts them
-by length and runs batches of `--batch` through the model in bfloat16, one batch at a time with all
+by length and runs batches of `--batch` through the model in `--dtype`, one batch at a time with all
 of the CPU's threads, in the worker's engine (`--engine`: torch, openvino, or auto as the worker
 picks); inputs/s over `--seconds` after one warm-up pass. For `rerank` an input is a
 (query, document) pair. It runs in its own process so that the torch threads it leaves behind
@@ -61,9 +61,9 @@ def load(model: str, dtype: str, engine: str) -> Any:
                                     openvino_cache_dir=str(default_openvino_cache())))
 
 
-def ceiling(model: str, inputs: list[Any], batch: int, seconds: float, engine_name: str) -> float:
-    """Inputs/s of the bfloat16 model alone."""
-    engine = load(model, "bfloat16", engine_name)
+def ceiling(model: str, inputs: list[Any], batch: int, seconds: float, engine_name: str, dtype: str) -> float:
+    """Inputs/s of the model alone."""
+    engine = load(model, dtype, engine_name)
     one_pass(engine, inputs, batch)  # warm-up: every shape once
     done, began = 0, time.perf_counter()
     while time.perf_counter() - began < seconds:
@@ -164,6 +164,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--engine", choices=("auto", "torch", "openvino"), default="auto")
+    ap.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                    help="what the ceilings run in (the accuracy check is bfloat16 against float32)")
     ap.add_argument("--traffic", nargs="*", default=[], metavar="CLIENTSxINPUTS",
                     help="scenarios to measure the batcher and engine alone on (see above)")
     ap.add_argument("--warmup", type=float, default=2.0, help="discarded seconds before each traffic scenario")
@@ -171,13 +173,14 @@ def main() -> int:
     given = json.loads(args.inputs.read_text())
     inputs = model_inputs(args.kind, given["texts"], given["queries"])
     result = {
-        "inputs_per_s": ceiling(args.model, inputs, args.batch, args.seconds, args.engine),
+        "inputs_per_s": ceiling(args.model, inputs, args.batch, args.seconds, args.engine, args.dtype),
         "batch": args.batch,
         "engine": args.engine,
+        "dtype": args.dtype,
         "accuracy": accuracy(args.model, args.kind, inputs, args.engine),
     }
     if args.traffic:
-        engine = load(args.model, "bfloat16", args.engine)
+        engine = load(args.model, args.dtype, args.engine)
         result["traffic"] = {
             scenario: traffic_ceiling(engine, args.kind, given["texts"], given["queries"], scenario,
                                       args.seconds, args.warmup)

@@ -42,13 +42,14 @@ class ServerConfig:
 
 
 # ---- configurations -----------------------------------------------------------------------------
-def worker_config(model: str, *, engine: str = "auto", name: str = "worker",
+def worker_config(model: str, *, engine: str = "auto", name: str = "worker", dtype: str = "bfloat16",
                   max_client_batch: int = 128) -> ServerConfig:
-    """The worker as a deployment runs it on CPU: its own defaults (bfloat16 where native, its
-    engine's forward threads, warm-up before the port opens), with limits high enough for 32 x 100
-    inputs. ``engine``: its --engine (auto: OpenVINO where installed)."""
+    """The worker as a deployment runs it on CPU: its own defaults (its engine's forward threads,
+    warm-up before the port opens), with limits high enough for 32 x 100 inputs. ``engine``: its
+    --engine (auto: OpenVINO where installed); ``dtype``: its --dtype, passed explicitly so that a
+    run never depends on the worker's startup measurement (hardware.cpu_dtype) coming out the same."""
     argv = (sys.executable, "-m", "fallback_worker", "--model-id", model, "--hostname", "127.0.0.1",
-            "--port", "{port}", "--dtype", "bfloat16", "--max-client-batch-size", str(max_client_batch),
+            "--port", "{port}", "--dtype", dtype, "--max-client-batch-size", str(max_client_batch),
             "--max-concurrent-requests", "8192", "--engine", engine)
     return ServerConfig(name, "worker", argv, "/v1/embeddings", "/rerank", dict(OFFLINE_ENV))
 
@@ -76,13 +77,14 @@ class InfinitySetting:
 
 
 # Infinity 0.0.78's defaults are torch, dtype auto (float32 on CPU), batch size 32, warm-up on.
-# bfloat16 is its fastest torch setting on a CPU with AVX-512 BF16; ONNX Runtime (`optimum`, with
-# Infinity's own graph optimization) is what its maintainer recommends for CPU, and Infinity runs it
-# on ONNX Runtime's OpenVINO provider whenever onnxruntime-openvino is installed instead of
-# onnxruntime (`optimum-openvino`, its own venv); a smaller batch pads less when requests arrive
-# one input at a time. Its default, torch float32, was the slowest in every scenario of the
-# 2026-11-30 runs (docs/figures/worker-vs-infinity/quiet.json): `--infinity torch:float32:32`.
+# Which torch dtype is faster depends on the CPU: bfloat16 on a Zen 4 EPYC (float32 was the slowest
+# setting in every scenario there), float32 on an Intel Xeon VM whose AVX-512 BF16 matmuls run at
+# 0.6x float32; both are tried. ONNX Runtime (`optimum`, with Infinity's own graph optimization) is
+# what its maintainer recommends for CPU, and Infinity runs it on ONNX Runtime's OpenVINO provider
+# whenever onnxruntime-openvino is installed instead of onnxruntime (`optimum-openvino`, its own
+# venv); a smaller batch pads less when requests arrive one input at a time.
 DEFAULT_INFINITY_SETTINGS = (
+    InfinitySetting("torch", "float32", 32),
     InfinitySetting("torch", "bfloat16", 32),
     InfinitySetting("torch", "bfloat16", 16),
     InfinitySetting("optimum", "float32", 32),

@@ -22,13 +22,16 @@ first goes later next time. Figures per scenario: median and min-max over the ro
 (inputs/s: texts embedded or documents scored) and of each round's p50 and p99 request latency.
 
 Peers. Infinity is tried in every configuration of --infinity (engine:dtype:batch size; by default
-torch bfloat16 at batch 32 and 16, and optimum, ONNX Runtime on an O2-optimized export, with its CPU
-provider and with its OpenVINO provider, when their venvs have them); "Infinity's best" in a
+torch float32 at batch 32 (its default), torch bfloat16 at batch 32 and 16, and optimum, ONNX
+Runtime on an O2-optimized export, with its CPU provider and with its OpenVINO provider, when their
+venvs have them); "Infinity's best" in a
 scenario is the configuration with the highest median throughput there. Every command line is
 printed and stored in the JSON.
 
-The worker runs with its default engine (--worker-engine auto: OpenVINO where installed); more
-engines after the first are measured too, as worker-ENGINE, for reference, and are not peers.
+The worker runs with its default engine (--worker-engine auto: OpenVINO where installed) and the
+dtype it picks on this CPU (--worker-dtype auto: bfloat16 where it measures faster than float32,
+decided once per run and passed as --dtype; the ceilings use it too); more engines after the first
+are measured too, as worker-ENGINE, for reference, and are not peers.
 
 Models. Embed: the packaged all-MiniLM-L6-v2. Rerank: a random-weight XLM-R sequence classifier
 shaped like bge-reranker-v2-m3 scaled down (benchmarks/shaped_models.py, CPU_RERANKER_CONFIG),
@@ -151,8 +154,8 @@ def suite_configs(args: argparse.Namespace, name: str, model: Path, workdir: Pat
     """The worker (and its other engines, for reference), then every Infinity setting (optimum on an
     ONNX export of the same weights)."""
     first, *others = args.worker_engine
-    configs = [worker_config(str(model), engine=first)]
-    configs += [worker_config(str(model), engine=e, name=f"worker-{e}") for e in others]
+    configs = [worker_config(str(model), engine=first, dtype=args.worker_dtype)]
+    configs += [worker_config(str(model), engine=e, name=f"worker-{e}", dtype=args.worker_dtype) for e in others]
     for setting in infinity_settings(args):
         served, warmup = model, True
         if setting.onnx:
@@ -187,13 +190,13 @@ def build_suites(args: argparse.Namespace, workdir: Path) -> list[Suite]:
 
 
 # ---- measuring ----------------------------------------------------------------------------------
-def inprocess_ceiling(suite: Suite, workdir: Path, seconds: float, engine: str) -> dict[str, Any]:
+def inprocess_ceiling(suite: Suite, workdir: Path, seconds: float, engine: str, dtype: str) -> dict[str, Any]:
     """The model alone in the worker's engine (benchmarks/inprocess_ceiling.py in a child process),
     its accuracy check, and each scenario's traffic ceiling."""
     inputs = workdir / f"{suite.name}-inputs.json"
     inputs.write_text(json.dumps({"texts": suite.texts, "queries": suite.queries}))
     cmd = [sys.executable, str(HERE / "inprocess_ceiling.py"), "--kind", suite.name, "--model", str(suite.model),
-           "--inputs", str(inputs), "--seconds", str(seconds), "--engine", engine,
+           "--inputs", str(inputs), "--seconds", str(seconds), "--engine", engine, "--dtype", dtype,
            "--traffic", *(s.key for s in suite.scenarios)]
     say("$ " + " ".join(cmd))
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -370,6 +373,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--worker-engine", nargs="+", default=["auto"], choices=("auto", "torch", "openvino"),
                     help="the worker's --engine; more than one also measures the others, for reference "
                          "(as worker-ENGINE), against the first's ceiling")
+    ap.add_argument("--worker-dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                    help="the worker's --dtype, and the ceilings'; auto: what the worker picks on this CPU "
+                         "(bfloat16 where it measures faster), decided once at the start of the run")
     ap.add_argument("--embed-model", help="embedding model directory (default: the packaged all-MiniLM-L6-v2)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds per scenario and round")
@@ -409,6 +415,11 @@ def main() -> int:
         say(f"no Infinity at {args.infinity_bin}: see this script's docstring (--help) to install it")
         return 2
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.worker_dtype == "auto":
+        from fallback_worker.hardware import cpu_dtype
+
+        args.worker_dtype, why = cpu_dtype()
+        say(f"worker dtype: {args.worker_dtype} ({why})")
     goal = GOAL_RATIO_LOADED if args.background_load else GOAL_RATIO_QUIET
     suites = build_suites(args, args.workdir)
     report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "commands": print_commands(suites),
@@ -418,7 +429,8 @@ def main() -> int:
             say(f"background load: {len(pinned)} busy process(es) on cores {pinned}")
         report["background_cores"] = pinned
         for suite in suites:
-            ceiling = inprocess_ceiling(suite, args.workdir, args.ceiling_seconds, args.worker_engine[0])
+            ceiling = inprocess_ceiling(suite, args.workdir, args.ceiling_seconds, args.worker_engine[0],
+                                        args.worker_dtype)
             raw = run_rounds(suite, args, args.workdir)
             report["suites"][suite.name] = report_suite(suite, raw, ceiling, goal)
     report["host_after"] = host_state()

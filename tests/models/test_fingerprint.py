@@ -128,7 +128,7 @@ def test_a_dtype_change_beyond_the_deployments_own_threshold_is_refused_unless_a
     # float32 -> bfloat16 keeps 8 bits of mantissa: the tiny model's vectors keep a cosine of about
     # 0.99999 with the float32 ones, which the default 0.99 lets through. A deployment that wants
     # no change at all says so with its own, stricter threshold. Both dtypes are explicit: the
-    # worker's own default on CPU is bfloat16 where the CPU has native bfloat16, else float32.
+    # worker's own default on CPU is bfloat16 where it measures faster than float32, else float32.
     # The torch engine, because OpenVINO keeps this tiny model's small matmuls in float32 whatever
     # the hint, so its vectors would not move at all.
     strict = {"min_cosine": 0.9999995}
