@@ -47,7 +47,7 @@ def worker_config(model: str, *, engine: str = "auto", name: str = "worker", dty
     """The worker as a deployment runs it on CPU: its own defaults (its engine's forward threads,
     warm-up before the port opens), with limits high enough for 32 x 100 inputs. ``engine``: its
     --engine (auto: OpenVINO where installed); ``dtype``: its --dtype, passed explicitly so that a
-    run never depends on the worker's startup measurement (hardware.cpu_dtype) coming out the same."""
+    run never depends on the worker's startup measurement (hardware.default_dtype) coming out the same."""
     argv = (sys.executable, "-m", "fallback_worker", "--model-id", model, "--hostname", "127.0.0.1",
             "--port", "{port}", "--dtype", dtype, "--max-client-batch-size", str(max_client_batch),
             "--max-concurrent-requests", "8192", "--engine", engine)
@@ -77,7 +77,7 @@ class InfinitySetting:
 
 
 # Infinity 0.0.78's defaults are torch, dtype auto (float32 on CPU), batch size 32, warm-up on.
-# Which torch dtype is faster depends on the CPU: bfloat16 on a Zen 4 EPYC (float32 was the slowest
+# Which torch dtype is faster depends on the CPU: bfloat16 on an AMD EPYC (float32 was the slowest
 # setting in every scenario there), float32 on an Intel Xeon VM whose AVX-512 BF16 matmuls run at
 # 0.6x float32; both are tried. ONNX Runtime (`optimum`, with Infinity's own graph optimization) is
 # what its maintainer recommends for CPU, and Infinity runs it on ONNX Runtime's OpenVINO provider

@@ -416,9 +416,9 @@ def main() -> int:
         return 2
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.worker_dtype == "auto":
-        from fallback_worker.hardware import cpu_dtype
+        from fallback_worker.hardware import default_dtype
 
-        args.worker_dtype, why = cpu_dtype()
+        args.worker_dtype, why = default_dtype("cpu")
         say(f"worker dtype: {args.worker_dtype} ({why})")
     goal = GOAL_RATIO_LOADED if args.background_load else GOAL_RATIO_QUIET
     suites = build_suites(args, args.workdir)

@@ -126,13 +126,6 @@ class ModelFiles:
     unused_sparse_ids: frozenset[int]  # tokens that carry no term in lexical weights
 
 
-def cpu_default_dtype() -> str:
-    """bfloat16 where this CPU runs it faster than float32, else float32; says which and why."""
-    dtype, why = hardware.cpu_dtype()
-    log.info("dtype %s on CPU (%s; --dtype chooses)", dtype, why)
-    return dtype
-
-
 def describe_model(
     model_id: str,
     *,
@@ -158,7 +151,8 @@ def describe_model(
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not dtype:
-        dtype = hardware.default_dtype(device) if device.startswith("cuda") else cpu_default_dtype()
+        dtype, why = hardware.default_dtype(device)
+        log.info("dtype %s (%s; --dtype chooses)", dtype, why)
     if dtype not in DTYPES:
         raise StartupError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if dtype == "float16" and device == "cpu":

@@ -74,11 +74,11 @@ BF16_MIN_GAIN = 1.1
 def bf16_matmul_gain(threads: int | None = None, repeats: int = 5) -> float:
     """bfloat16 over float32 matmul throughput on this CPU, measured (about 0.1 s).
 
-    The instruction flags do not say which is faster. On a Zen 4 EPYC bfloat16 ran the benchmark
-    model 1.4x faster than float32; on an Intel Xeon VM with AVX-512 BF16 but no AMX, bfloat16
-    matmuls ran at 0.55-0.6x float32 and the model at 0.6-0.8x. The shape is a small encoder's
-    feed-forward on a batch of short inputs; the best of a few interleaved tries is kept, so a
-    neighbour's burst on a shared host does not decide it.
+    The instruction flags do not say which is faster. On an AMD EPYC with AVX-512 BF16, OpenVINO
+    ran the benchmark model 1.8x faster in bfloat16 than in float32; on an Intel Xeon VM with
+    AVX-512 BF16 but no AMX, bfloat16 matmuls ran at 0.55-0.65x float32 and the model at
+    0.6-0.85x. The shape is a small encoder's feed-forward on a batch of short inputs; the best of
+    a few interleaved tries is kept, so a neighbour's burst on a shared host does not decide it.
     """
     import time
 
@@ -101,19 +101,15 @@ def bf16_matmul_gain(threads: int | None = None, repeats: int = 5) -> float:
         torch.set_num_threads(before)
 
 
-def cpu_dtype(flags: set[str] | None = None, bf16_gain: float | None = None) -> tuple[str, str]:
-    """The dtype to run in on this CPU, and why: bfloat16 where it has the instructions and they
-    measure faster than float32 (``bf16_gain``, measured when not given), else float32."""
+def default_dtype(device: str, flags: set[str] | None = None, bf16_gain: float | None = None) -> tuple[str, str]:
+    """The dtype to run in when none is asked for, and why: TEI's float16 on CUDA; on CPU bfloat16
+    where it has the instructions and they measure faster than float32 (``bf16_gain``, measured
+    when not given), else float32."""
+    if device.startswith("cuda"):
+        return "float16", "TEI's default on CUDA"
     if not cpu_has_native_bf16(flags):
         return "float32", "no bfloat16 instructions on this CPU"
     gain = bf16_matmul_gain() if bf16_gain is None else bf16_gain
     if gain >= BF16_MIN_GAIN:
         return "bfloat16", f"bfloat16 matmuls measured {gain:.2f}x float32 here"
     return "float32", f"this CPU has bfloat16 instructions, but its matmuls measured {gain:.2f}x float32"
-
-
-def default_dtype(device: str, flags: set[str] | None = None, bf16_gain: float | None = None) -> str:
-    """TEI's choice on CUDA (float16); on CPU bfloat16 where it measures faster, else float32."""
-    if device.startswith("cuda"):
-        return "float16"
-    return cpu_dtype(flags, bf16_gain)[0]

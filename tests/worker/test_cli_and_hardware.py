@@ -96,19 +96,19 @@ def test_omp_num_threads_wins_over_the_quota(tmp_path: Path, monkeypatch: pytest
 
 
 def test_default_dtype() -> None:
-    assert hardware.default_dtype("cuda") == "float16"
-    assert hardware.default_dtype("cpu", {"avx2", "avx512_bf16"}, bf16_gain=1.4) == "bfloat16"
-    assert hardware.default_dtype("cpu", {"amx_bf16"}, bf16_gain=3.0) == "bfloat16"
-    assert hardware.default_dtype("cpu", {"avx2", "avx512f"}) == "float32"
+    assert hardware.default_dtype("cuda")[0] == "float16"
+    assert hardware.default_dtype("cpu", {"avx2", "avx512_bf16"}, bf16_gain=1.4)[0] == "bfloat16"
+    assert hardware.default_dtype("cpu", {"amx_bf16"}, bf16_gain=3.0)[0] == "bfloat16"
+    assert hardware.default_dtype("cpu", {"avx2", "avx512f"})[0] == "float32"
 
 
 def test_bfloat16_instructions_that_run_slower_than_float32_are_not_chosen() -> None:
     """An Intel Xeon VM with AVX-512 BF16 but no AMX ran bfloat16 matmuls at 0.55-0.65x float32:
-    the flag alone would have made every CPU worker there 1.3-1.6x slower (and less exact)."""
-    dtype, why = hardware.cpu_dtype({"avx512_bf16"}, bf16_gain=0.6)
+    the flag alone would have made every CPU worker there 1.2-1.6x slower (and less exact)."""
+    dtype, why = hardware.default_dtype("cpu", {"avx512_bf16"}, bf16_gain=0.6)
     assert dtype == "float32" and "0.60x float32" in why
-    assert hardware.cpu_dtype({"avx512_bf16"}, bf16_gain=1.05)[0] == "float32"  # not worth the rounding
-    assert hardware.cpu_dtype({"avx2"})[1] == "no bfloat16 instructions on this CPU"
+    assert hardware.default_dtype("cpu", {"avx512_bf16"}, bf16_gain=1.05)[0] == "float32"  # not worth the rounding
+    assert hardware.default_dtype("cpu", {"avx2"})[1] == "no bfloat16 instructions on this CPU"
 
 
 def test_the_bfloat16_gain_is_measured_on_this_cpu_and_leaves_the_thread_count_alone() -> None:
