@@ -16,6 +16,23 @@ def _jobs(lengths: list[int], task: str = "embed") -> list[Job]:
         loop.close()
 
 
+def _serve_one_request(engine: object, lengths: list[int], **settings: int) -> None:
+    """A batcher over ``engine`` serves one request of inputs of these lengths, start to finish."""
+    from fallback_worker.batcher import Batcher
+    from fallback_worker.metrics import Metrics
+
+    async def scenario() -> None:
+        batcher = Batcher(engine, Metrics(64), max_batch_tokens=16384, **settings)  # type: ignore[arg-type]
+        batcher.start(asyncio.get_running_loop())
+        try:
+            jobs = batcher.submit("embed", [Encoded([5] * n, [0] * n, n) for n in lengths])
+            await asyncio.gather(*(j.future for j in jobs))
+        finally:
+            batcher.stop()
+
+    asyncio.run(scenario())
+
+
 def test_batches_are_length_sorted_and_within_the_padded_budget() -> None:
     lengths = [50, 3, 40, 4, 5, 60, 2, 45]
     batches = plan_batches(_jobs(lengths), max_batch_tokens=100, max_batch_requests=None)
@@ -55,8 +72,6 @@ def test_a_cheaper_forward_pass_splits_a_request_into_tighter_batches(embedder_e
     two batches of equal lengths (less padding, and on CPU two passes run at once)."""
     from dataclasses import replace
 
-    from fallback_worker.batcher import Batcher
-    from fallback_worker.metrics import Metrics
     from fallback_worker.openvino_engine import OpenVinoEngine
 
     lengths = [20] * 8 + [30] * 8
@@ -77,16 +92,7 @@ def test_a_cheaper_forward_pass_splits_a_request_into_tighter_batches(embedder_e
             batches.append([len(e.ids) for e in batch])
             return embedder_engine.run(task, batch)
 
-    async def scenario() -> None:
-        batcher = Batcher(CheapCalls(), Metrics(64), max_batch_tokens=16384, max_batch_requests=16)  # type: ignore[arg-type]
-        batcher.start(asyncio.get_running_loop())
-        try:
-            jobs = batcher.submit("embed", [Encoded([5] * n, [0] * n, n) for n in lengths])
-            await asyncio.gather(*(j.future for j in jobs))
-        finally:
-            batcher.stop()
-
-    asyncio.run(scenario())
+    _serve_one_request(CheapCalls(), lengths, max_batch_requests=16)
     assert sorted(batches) == [[20] * 8, [30] * 8]
 
 
@@ -201,9 +207,6 @@ def test_two_forward_threads_run_two_batches_at_once(embedder_engine) -> None:
 
 def test_a_batch_alone_gets_all_threads_and_batches_together_split_them(embedder_engine) -> None:
     """One client's big request runs on every torch thread; concurrent batches, and tiny ones, share."""
-    from fallback_worker.batcher import Batcher
-    from fallback_worker.metrics import Metrics
-
     shares: list[tuple[int, int]] = []  # (tokens in the batch, forward passes sharing the threads)
 
     class Recording:
@@ -217,22 +220,13 @@ def test_a_batch_alone_gets_all_threads_and_batches_together_split_them(embedder
             shares.append((sum(len(e.ids) for e in batch), self._share))
             return embedder_engine.run(task, batch)
 
-    async def scenario(lengths: list[int], max_batch_requests: int) -> None:
-        batcher = Batcher(Recording(), Metrics(64), max_batch_tokens=16384,  # type: ignore[arg-type]
-                          max_batch_requests=max_batch_requests, forward_workers=2)
-        batcher.start(asyncio.get_running_loop())
-        try:
-            jobs = batcher.submit("embed", [Encoded([5] * n, [0] * n, n) for n in lengths])
-            await asyncio.gather(*(j.future for j in jobs))
-        finally:
-            batcher.stop()
-
+    engine = Recording()
     big = embedder_engine.split_min_tokens // 8 + 1
-    asyncio.run(scenario([big] * 8, max_batch_requests=16))  # one batch, alone
+    _serve_one_request(engine, [big] * 8, max_batch_requests=16, forward_workers=2)  # one batch, alone
     assert shares == [(big * 8, 1)]
     shares.clear()
-    asyncio.run(scenario([3], max_batch_requests=16))  # one tiny input: not worth splitting
+    _serve_one_request(engine, [3], max_batch_requests=16, forward_workers=2)  # one tiny input: not worth splitting
     assert shares == [(3, 2)]
     shares.clear()
-    asyncio.run(scenario([big] * 16, max_batch_requests=8))  # two batches at once: each takes half
+    _serve_one_request(engine, [big] * 16, max_batch_requests=8, forward_workers=2)  # two at once: each takes half
     assert [share for _, share in shares][0] == 2
