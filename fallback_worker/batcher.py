@@ -250,7 +250,7 @@ class Batcher:
             while not self._planned and not self._queue and not self._stop:
                 self._parked.append(wake)
                 wake.wait()
-                if wake in self._parked:  # woken by stop(), not popped by _wake_one
+                if wake in self._parked:  # woken by stop(), not popped by _wake
                     self._parked.remove(wake)
             if not self._planned:
                 if not self._queue:
